@@ -1,0 +1,73 @@
+"""Audit events (app label ``authentik_events``): append-only records of who did what."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class EventAction(models.TextChoices):
+    LOGIN = "login"
+    LOGIN_FAILED = "login_failed"
+    LOGOUT = "logout"
+    USER_WRITE = "user_write"
+    SUSPICIOUS_REQUEST = "suspicious_request"
+    PASSWORD_SET = "password_set"  # noqa: S105
+    SECRET_VIEW = "secret_view"  # noqa: S105
+    SECRET_ROTATE = "secret_rotate"  # noqa: S105
+    INVITE_USED = "invitation_used"
+    AUTHORIZE_APPLICATION = "authorize_application"
+    SOURCE_LINKED = "source_linked"
+    IMPERSONATION_STARTED = "impersonation_started"
+    IMPERSONATION_ENDED = "impersonation_ended"
+    FLOW_EXECUTION = "flow_execution"
+    POLICY_EXECUTION = "policy_execution"
+    POLICY_EXCEPTION = "policy_exception"
+    PROPERTY_MAPPING_EXCEPTION = "property_mapping_exception"
+    SYSTEM_TASK_EXECUTION = "system_task_execution"
+    SYSTEM_TASK_EXCEPTION = "system_task_exception"
+    SYSTEM_EXCEPTION = "system_exception"
+    CONFIGURATION_ERROR = "configuration_error"
+    CONFIGURATION_WARNING = "configuration_warning"
+    MODEL_CREATED = "model_created"
+    MODEL_UPDATED = "model_updated"
+    MODEL_DELETED = "model_deleted"
+    EMAIL_SENT = "email_sent"
+    UPDATE_AVAILABLE = "update_available"
+    EXPORT_READY = "export_ready"
+    REVIEW_INITIATED = "review_initiated"
+    REVIEW_OVERDUE = "review_overdue"
+    REVIEW_ATTESTED = "review_attested"
+    REVIEW_COMPLETED = "review_completed"
+    CUSTOM_PREFIX = "custom_"
+
+
+def default_event_expiry():  # type: ignore[no-untyped-def]
+    return timezone.now() + settings.EVENT_RETENTION
+
+
+class Event(models.Model):
+    """One audited action. Written only by ``events.services``; never updated or deleted by the API."""
+
+    event_uuid = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.JSONField(default=dict)
+    action = models.TextField(choices=EventAction.choices)
+    app = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    expires = models.DateTimeField(default=default_event_expiry)
+    brand = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name = "Event"
+        verbose_name_plural = "Events"
+        indexes = [
+            models.Index(fields=["action"], name="event_action_idx"),
+            models.Index(fields=["-created"], name="event_created_idx"),
+            models.Index(fields=["expires"], name="event_expires_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.user.get('username', '?')} at {self.created:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,85 @@
+"""Shared fixtures: users, tokens, an API client that speaks Bearer, and database-lane markers."""
+
+import itertools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from core.models import Token, TokenIntents, User, generate_key
+
+ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+requires_postgres = pytest.mark.skipif(not ON_POSTGRES, reason="row locks and races need PostgreSQL")
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def make_user(db: Any) -> Callable[..., User]:
+    def make(*, superuser: bool = False, perms: tuple[str, ...] = (), **fields: Any) -> User:
+        username = fields.pop("username", f"user{next(_counter)}")
+        fields.setdefault("email", f"{username}@example.test")
+        user = User.objects.create_user(username=username, is_superuser=superuser, is_staff=superuser, **fields)
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def make_token(db: Any) -> Callable[..., Token]:
+    def make(user: User, **fields: Any) -> Token:
+        fields.setdefault("identifier", f"token-{next(_counter)}")
+        fields.setdefault("intent", TokenIntents.API)
+        fields.setdefault("key", generate_key())
+        return Token.objects.create(user=user, **fields)
+
+    return make
+
+
+@pytest.fixture
+def make_group(db: Any) -> Callable[..., Group]:
+    def make(*perms: str) -> Group:
+        group = Group.objects.create(name=f"group{next(_counter)}")
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        return group
+
+    return make
+
+
+@pytest.fixture
+def bearer() -> Callable[[Token | str | None], APIClient]:
+    """An API client that sends ``Authorization: Bearer <key>`` (or nothing for ``None``)."""
+
+    def make(token: Token | str | None) -> APIClient:
+        client = APIClient()
+        if token is not None:
+            key = token.key if isinstance(token, Token) else token
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def superuser(make_user: Callable[..., User]) -> User:
+    return make_user(superuser=True, username="root")
+
+
+@pytest.fixture
+def admin_token(superuser: User, make_token: Callable[..., Token]) -> Token:
+    return make_token(superuser, identifier="admin-api")
+
+
+@pytest.fixture
+def past() -> Any:
+    return timezone.now() - timedelta(minutes=1)
