@@ -83,3 +83,26 @@ def admin_token(superuser: User, make_token: Callable[..., Token]) -> Token:
 @pytest.fixture
 def past() -> Any:
     return timezone.now() - timedelta(minutes=1)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: Any) -> None:
+    """On SQLite, put the test database in a file, so a server process (``live``) can open it too."""
+    if not ON_POSTGRES:
+        db = settings.DATABASES["default"]
+        db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def live(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Any:
+    """A gunicorn process serving the test database on a free loopback port, for the whole session.
+
+    Tests that seed data for it must use ``@pytest.mark.django_db(transaction=True)`` so their rows are
+    committed and visible to the server.
+    """
+    from tests.live import start_server
+
+    with django_db_blocker.unblock():
+        server = start_server(tmp_path_factory.mktemp("live") / "server.log")
+    yield server
+    server.stop()
