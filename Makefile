@@ -8,8 +8,12 @@ PORT ?= 8000
 PG_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 # Tests never touch the local secret file or database.
 TEST_ENV := DJANGO_SECRET_KEY=test-only-secret-key-not-for-production DATABASE_URL= SQLITE_PATH=var/test.sqlite3
+# A production-like environment for `check --deploy`: a long random secret, HTTPS behind a TLS proxy, HSTS.
+DEPLOY_ENV := $(TEST_ENV) DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	DJANGO_SECURE_SSL=1 DJANGO_SECURE_SSL_REDIRECT=1 DJANGO_BEHIND_TLS_PROXY=1 DJANGO_HSTS_SECONDS=31536000 \
+	DJANGO_HSTS_INCLUDE_SUBDOMAINS=1 DJANGO_HSTS_PRELOAD=1 DJANGO_ALLOWED_HOSTS=tokens.example.com
 
-.PHONY: run test venv lint test-sqlite test-postgres bench
+.PHONY: run test venv lint schema test-sqlite test-postgres bench
 
 $(STAMP): requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +40,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(TEST_ENV) $(BIN)/mypy core events tokens_service
 
+# Regenerate the committed OpenAPI schema (tests/test_schema.py fails while it is stale).
+schema: $(STAMP)
+	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file schema.yml
+
 # Every gate CI runs. PostgreSQL lane: run when reachable; with REQUIRE_POSTGRES=1 unreachable fails.
 test: lint
 	DJANGO_DEBUG=1 $(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(BIN)/python manage.py check
+	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(DEPLOY_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 	$(MAKE) --no-print-directory test-sqlite
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$(PG_URL)" 2>/dev/null; then \
 		$(MAKE) --no-print-directory test-postgres; \
@@ -54,3 +64,9 @@ test-sqlite: $(STAMP)
 
 test-postgres: $(STAMP)
 	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest
+
+# The performance benchmark (not part of `make test`): service versus a framework-free baseline on
+# PostgreSQL under gunicorn, driven by wrk (installed with apt-get when missing). About 7 minutes.
+# BENCH_PG names the server (default postgres://postgres@127.0.0.1:5432); BENCH_ARGS e.g. "--duration 5".
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,21 +1,225 @@
 """Token API: serializers and the viewset mounted at ``core/tokens``."""
 
+import base64
+import uuid
+from html import escape
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from django.contrib.auth.models import Group
+from django.db.models import Prefetch, QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.decorators import action
+from rest_framework.filters import SearchFilter
+from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.viewsets import GenericViewSet
+from rest_framework.viewsets import ModelViewSet
 
-from core.models import Token
-from core.permissions import CanSetTokenKey
-from core.services import token_set_key
+from core.filters import SingleValuedQueryParameters, StableOrderingFilter, TokenFilter
+from core.models import Token, TokenIntents, User
+from core.permissions import CanSetTokenKey, CanViewTokenKey
+from core.selectors import objects_using, tokens_visible_to, user_has_token_perm
+from core.services import API_INTENTS, token_create, token_delete, token_set_key, token_update, token_view_key
 from events.utils import request_meta
 
+# Groups here are Django's (integer keys); authentik's have uuids. A uuid5 of the integer key gives
+# every group a stable uuid for the ``groups``/``groups_obj`` fields authentik's clients expect.
+GROUP_UUID_NAMESPACE = uuid.UUID("5f0c1a52-3d4e-4c1b-9a57-6f4c2b8e1d90")
+_AVATAR_COLOURS = ("#3949ab", "#00897b", "#6d4c41", "#8e24aa", "#c62828", "#2e7d32", "#ef6c00", "#546e7a")
 
+
+def group_uuid(group: Group) -> uuid.UUID:
+    return uuid.uuid5(GROUP_UUID_NAMESPACE, str(group.pk))
+
+
+def avatar_data_uri(user: User) -> str:
+    """An SVG of the user's initials on a colour derived from the user's uuid, as a ``data:`` URI.
+
+    Made locally: no request to a gravatar-like service, which would tell a third party who looks at
+    which user. Only letters and digits become initials, and they are XML-escaped anyway.
+    """
+    words = (user.name or user.username).split()
+    initials = "".join(word[0] for word in words[:2] if word[0].isalnum()).upper() or "?"
+    colour = _AVATAR_COLOURS[user.uuid.int % len(_AVATAR_COLOURS)]
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64" viewBox="0 0 64 64">'
+        f'<rect width="64" height="64" fill="{colour}"/>'
+        '<text x="32" y="32" dy=".35em" text-anchor="middle" font-family="sans-serif" font-size="26" '
+        f'fill="#ffffff">{escape(initials)}</text></svg>'
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode("ascii")
+
+
+class PartialGroupSerializer(serializers.Serializer):
+    """Partial Group Serializer, does not include child relations."""
+
+    pk = serializers.UUIDField(read_only=True)
+    num_pk = serializers.IntegerField(read_only=True, help_text="Get a numerical, int32 ID for the group")
+    name = serializers.CharField()
+    is_superuser = serializers.BooleanField(required=False, help_text="Users added to this group will be superusers.")
+    attributes = serializers.DictField(required=False)
+
+    def to_representation(self, instance: Group) -> dict[str, Any]:
+        # Django groups carry no superuser flag or attributes: report authentik's neutral values.
+        view = {"pk": group_uuid(instance), "num_pk": instance.pk, "name": instance.name}
+        return super().to_representation({**view, "is_superuser": False, "attributes": {}})
+
+
+class RoleSerializer(serializers.Serializer):
+    """Role serializer"""
+
+    pk = serializers.UUIDField(read_only=True)
+    name = serializers.CharField()
+
+
+class GroupUuidsField(serializers.ListField):
+    """The uuids (see ``group_uuid``) of a user's groups; reads the prefetched groups."""
+
+    child = serializers.UUIDField()
+
+    def to_representation(self, data: Any) -> list[str]:
+        return [str(group_uuid(group)) for group in data.all()]
+
+
+class UserSerializer(serializers.ModelSerializer):
+    """User Serializer"""
+
+    # Output only (as ``user_obj``). Fields that are not read-only keep authentik's required lists.
+    groups = GroupUuidsField(required=False)
+    groups_obj = PartialGroupSerializer(source="groups", many=True, read_only=True, allow_null=True)
+    # There is no role model: authentik's clients require the field, an empty list is the truth.
+    roles = serializers.ListField(child=serializers.UUIDField(), required=False)
+    roles_obj = RoleSerializer(many=True, read_only=True, allow_null=True, default=list)
+    email = serializers.EmailField(required=False, max_length=254, label="Email address")
+    attributes = serializers.DictField(required=False)
+    avatar = serializers.SerializerMethodField(help_text="User's avatar, either a http/https URL or a data URI")
+    uid = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = User
+        fields = [
+            "pk",
+            "username",
+            "name",
+            "is_active",
+            "last_login",
+            "date_joined",
+            "is_superuser",
+            "groups",
+            "groups_obj",
+            "roles",
+            "roles_obj",
+            "email",
+            "avatar",
+            "attributes",
+            "uid",
+            "path",
+            "type",
+            "uuid",
+            "password_change_date",
+            "last_updated",
+        ]
+        read_only_fields = ["date_joined", "is_superuser", "uuid", "password_change_date", "last_updated"]
+        extra_kwargs = {"name": {"required": True, "allow_blank": True}, "username": {"validators": []}}
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_avatar(self, user: User) -> str:
+        return avatar_data_uri(user)
+
+
+class TokenSerializer(serializers.ModelSerializer):
+    """Token Serializer"""
+
+    # No UniqueValidator on identifier or managed: the service reports a clash from the database's
+    # unique constraint, which also catches a concurrent insert that a pre-check would miss.
+    identifier = serializers.SlugField(max_length=255)
+    managed = serializers.CharField(
+        allow_null=True,
+        required=False,
+        # The unique index on managed cannot hold a row over ~2700 bytes in PostgreSQL: a longer value
+        # was a database error (503). 255 characters (4 bytes each at most) is far above real values.
+        max_length=255,
+        label="Managed by authentik",
+        help_text=Token._meta.get_field("managed").help_text,
+    )
+    user = serializers.PrimaryKeyRelatedField(queryset=User.objects.all(), required=False)
+    user_obj = UserSerializer(source="user", read_only=True)
+    intent = serializers.ChoiceField(choices=TokenIntents.choices, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    expires = serializers.DateTimeField(required=False, allow_null=True)
+    expiring = serializers.BooleanField(required=False)
+
+    class Meta:
+        model = Token
+        fields = ["pk", "managed", "identifier", "intent", "user", "user_obj", "description", "expires", "expiring"]
+
+    # The JSON type each writable member must have. DRF would turn 5 into "5", "true" into True and "3"
+    # into a user pk; a body that does not match the schema is a 400 instead (found by schemathesis).
+    # null is left to the field (allowed for managed and expires only).
+    JSON_TYPES: dict[str, tuple[type, str]] = {
+        "identifier": (str, "Not a valid string."),
+        "managed": (str, "Not a valid string."),
+        "intent": (str, "Not a valid string."),
+        "description": (str, "Not a valid string."),
+        "expires": (str, "Not a valid string."),
+        "expiring": (bool, "Must be a valid boolean."),
+        "user": (int, "Incorrect type. Expected pk value (an integer)."),
+    }
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            errors = {
+                name: [message]
+                for name, (expected, message) in self.JSON_TYPES.items()
+                # type() rather than isinstance(): True is an int, and must not pass for a pk.
+                if data.get(name) is not None and type(data[name]) is not expected
+            }
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+    def validate_intent(self, intent: str) -> str:
+        # Creation only; how an existing token's intent may change is token_update's rule.
+        if self.instance is None and intent not in API_INTENTS:
+            raise serializers.ValidationError("Only api and app_password tokens can be created through the API.")
+        return intent
+
+
+class TokenViewSerializer(serializers.Serializer):
+    """Show token's current key"""
+
+    key = serializers.CharField(read_only=True)
+
+
+class UsedByActionField(serializers.ChoiceField):
+    """authentik's ``UsedByActionEnum``: what deleting the queried object does to the referencing one."""
+
+    ACTIONS = ("cascade", "cascade_many", "set_null", "set_default", "left_dangling")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=[(value, value) for value in self.ACTIONS], **kwargs)
+
+
+class UsedBySerializer(serializers.Serializer):
+    """A list of all objects referencing the queried object"""
+
+    app = serializers.CharField()
+    model_name = serializers.CharField()
+    pk = serializers.CharField()
+    name = serializers.CharField()
+    action = UsedByActionField()
+
+
+# The schema states the charset rule, so that clients (and schema-driven tests) know a key with a space
+# or a non-ASCII letter is a 400. minLength stays the wire minimum: TOKEN_KEY_MIN_LENGTH is a deployment
+# policy on top of it.
+@extend_schema_field(
+    {"type": "string", "minLength": 1, "maxLength": settings.TOKEN_KEY_MAX_LENGTH, "pattern": r"^[\x21-\x7e]+$"}
+)
 class KeyField(serializers.CharField):
     """A key as a Bearer header can carry it: a JSON string of visible ASCII, no coercion, no trimming.
 
@@ -50,12 +254,119 @@ class TokenSetKeySerializer(serializers.Serializer):
     key = KeyField()
 
 
-class TokenViewSet(GenericViewSet):
+class TokenObjectPermission(BasePermission):
+    """Who may write to a token the caller can see (the queryset already hides the others: 404).
+
+    Reads need nothing more than visibility. ``PUT``/``PATCH`` need ownership or
+    ``authentik_core.change_token``, ``DELETE`` ownership or ``authentik_core.delete_token``, held
+    globally or as an object permission on the token (user or group), as authentik's owner-or-permission
+    rule. Active superusers hold every permission.
+    """
+
+    codenames = {"PUT": "change_token", "PATCH": "change_token", "DELETE": "delete_token"}
+
+    def has_object_permission(self, request: Request, view: Any, obj: Token) -> bool:
+        if request.method in SAFE_METHODS:
+            return True
+        user = request.user
+        if not isinstance(user, User):
+            return False
+        if obj.user_id == user.pk:
+            return True
+        codename = self.codenames.get(request.method or "")
+        return codename is not None and user_has_token_perm(user, codename, obj.identifier)
+
+
+class TokenViewSet(ModelViewSet):
     """Token Viewset"""
 
     queryset = Token.objects.all()
+    serializer_class = TokenSerializer
     lookup_field = "identifier"
-    lookup_value_regex = "[^/]+"
+    # The identifier syntax (SPEC: ^[-a-zA-Z0-9_]+$): anything else is 404 at the router, before any
+    # query, so a NUL or other junk in the path never reaches the database (PostgreSQL rejects NUL).
+    lookup_value_regex = "[-a-zA-Z0-9_]+"
+    permission_classes = [IsAuthenticated, TokenObjectPermission]
+    filter_backends = [SingleValuedQueryParameters, DjangoFilterBackend, SearchFilter, StableOrderingFilter]
+    filterset_class = TokenFilter
+    search_fields = ["identifier", "intent", "user__username", "description"]
+    ordering = ["identifier", "expires"]
+    ordering_fields = ["identifier", "intent", "user__username", "description", "expires", "expiring", "managed"]
+
+    def get_queryset(self) -> QuerySet[Token]:
+        user = self.request.user
+        if not isinstance(user, User):
+            # Schema generation inspects the view without a caller.
+            return Token.objects.none()
+        return tokens_visible_to(user).prefetch_related(Prefetch("user__groups", queryset=Group.objects.order_by("pk")))
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        caller: User = request.user  # type: ignore[assignment]  # IsAuthenticated admits only real users
+        owner: User = data.get("user", caller)
+        if owner.pk != caller.pk and not caller.is_superuser:
+            raise serializers.ValidationError({"user": ["You can only create tokens for yourself."]})
+        token = token_create(
+            actor=caller,
+            user=owner,
+            identifier=data["identifier"],
+            request_meta=request_meta(request),
+            intent=data.get("intent", TokenIntents.API),
+            description=data.get("description", ""),
+            expires=data.get("expires"),
+            expiring=data.get("expiring", True),
+            managed=data.get("managed"),
+            # The owner can always read the key of a token made through the API, whoever created it.
+            owner_permissions=("view_token_key",),
+        )
+        return Response(self.get_serializer(token).data, status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # Authorize (get_object: 404 if invisible, 403 without the right) before looking at the body.
+        token = self.get_object()
+        serializer = self.get_serializer(token, data=request.data, partial=kwargs.get("partial", False))
+        serializer.is_valid(raise_exception=True)
+        updated = token_update(
+            token_pk=token.pk,
+            changes=serializer.validated_data,
+            actor=request.user,  # type: ignore[arg-type]
+            request_meta=request_meta(request),
+        )
+        # The owner cannot change, so the owner loaded (with its groups) for the permission check is current.
+        updated.user = token.user
+        return Response(self.get_serializer(updated).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        token = self.get_object()
+        token_delete(token_pk=token.pk, actor=request.user, request_meta=request_meta(request))  # type: ignore[arg-type]
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        responses={
+            200: TokenViewSerializer,
+            404: OpenApiResponse(description="Token not found or expired"),
+        },
+    )
+    @action(detail=True, methods=["get"], permission_classes=[CanViewTokenKey], filter_backends=[])
+    def view_key(self, request: Request, identifier: str) -> Response:
+        """Return token key and log access"""
+        # Like set_key, the permission is checked before any lookup (CanViewTokenKey): callers without
+        # it get 403 whether or not the identifier exists.
+        key = token_view_key(
+            token_identifier=identifier,
+            actor=request.user,  # type: ignore[arg-type]  # CanViewTokenKey admits only real users
+            request_meta=request_meta(request),
+        )
+        return Response(TokenViewSerializer({"key": key}).data, headers={"Cache-Control": "no-store"})
+
+    @extend_schema(responses={200: UsedBySerializer(many=True)})
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def used_by(self, request: Request, identifier: str) -> Response:
+        """Get a list of all objects that use this object"""
+        token = self.get_object()
+        return Response(UsedBySerializer(objects_using(token), many=True).data)
 
     @extend_schema(
         request=TokenSetKeySerializer,

@@ -41,9 +41,15 @@ SYSTEM_REQUEST = RequestMeta(method="", path="", user_agent="system")
 
 def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(value.strip().strip("[]"))
+        ip = ipaddress.ip_address(value.strip().strip("[]"))
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return None  # a zone (fe80::1%eth0) means nothing off the host, and inet columns reject it
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return ip
 
 
 def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[Any]) -> bool:
@@ -75,6 +81,8 @@ def client_ip(meta: Mapping[str, Any]) -> str | None:
 
 
 def _clip(value: str) -> str:
+    # PostgreSQL's jsonb cannot hold U+0000: a NUL in a query argument would otherwise fail the write.
+    value = value.replace("\x00", "\ufffd")
     return value if len(value) <= _MAX_FIELD else value[:_MAX_FIELD] + "…"
 
 

@@ -16,7 +16,23 @@ from core.models import Token, TokenIntents, User, generate_key
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 requires_postgres = pytest.mark.skipif(not ON_POSTGRES, reason="row locks and races need PostgreSQL")
 
+# The suite-wide leak check: every key the tests handle is searched for in responses, logs and events.
+pytest_plugins = ["tests.leakcheck"]
+
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters() -> None:
+    """Each test starts with no throttle counts, so tests cannot throttle each other.
+
+    Only an in-process cache is cleared: clearing a Redis cache would empty the whole Redis database.
+    """
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    if isinstance(caches["default"], LocMemCache):
+        caches["default"].clear()
 
 
 @pytest.fixture
@@ -106,3 +122,17 @@ def live(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -
         server = start_server(tmp_path_factory.mktemp("live") / "server.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Any:
+    """A private PostgreSQL cluster (initdb on a free port) that fault tests may stop and break.
+
+    It needs only the PostgreSQL binaries, not the lane's database; the tests using it are marked
+    ``requires_postgres`` so they run once, in the PostgreSQL lane.
+    """
+    from tests.live import private_postgres
+
+    cluster = private_postgres()
+    yield cluster
+    cluster.destroy()

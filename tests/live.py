@@ -1,10 +1,14 @@
 """A real server process for black-box tests: gunicorn serving the test database over a real socket."""
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,36 @@ class RawResponse:
         return json.loads(self.body)
 
 
+def parse_raw_response(data: bytes) -> RawResponse:
+    """Status, lower-cased headers and (de-chunked) body of the last response in ``data``."""
+    while data.startswith(b"HTTP/1.1 100"):
+        data = data.partition(b"\r\n\r\n")[2]
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        decoded, rest = [], body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            decoded.append(rest[:size])
+            rest = rest[size + 2 :]
+        body = b"".join(decoded)
+    return RawResponse(status=status, headers=headers, body=body)
+
+
+# Called with (request bytes, response) after every LiveServer.raw exchange.
+RAW_OBSERVERS: list[Callable[[bytes, RawResponse], None]] = []
+# Every server started by start_server in this session (the leak check reads their logs).
+STARTED_SERVERS: list["LiveServer"] = []
+
+
 @dataclass
 class LiveServer:
     """A gunicorn process. ``url`` is its base URL; ``log_text()`` is everything it printed."""
@@ -63,9 +97,15 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def raw(self, request: bytes, timeout: float = 10.0) -> RawResponse:
-        """Send ``request`` byte for byte and read the whole response (the server closes the connection)."""
+        """Send ``request`` byte for byte and read the whole response (the server closes the connection).
+
+        A server may answer (413, 431, ...) and close before it has read everything sent; the
+        answer is still read. A ``100 Continue`` interim answer is skipped and a chunked body decoded.
+        Every exchange is passed to the functions in ``RAW_OBSERVERS`` (the leak check reads them).
+        """
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-            sock.sendall(request)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
             chunks = []
             while True:
                 try:
@@ -75,15 +115,10 @@ class LiveServer:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        data = b"".join(chunks)
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return RawResponse(status=status, headers=headers, body=body)
+        response = parse_raw_response(b"".join(chunks))
+        for observer in RAW_OBSERVERS:
+            observer(request, response)
+        return response
 
     def stop(self) -> None:
         self.process.terminate()
@@ -109,6 +144,11 @@ def start_server(log_path: Path, extra_env: dict[str, str] | None = None, worker
         "DB_CONN_MAX_AGE": "0",
         "WEB_CONCURRENCY": str(workers),
         "LOG_LEVEL": "DEBUG",
+        # Abuse limits off unless a test asks for them (test_throttling starts its own servers), so
+        # tests sharing the session server cannot throttle one another; no Redis from the caller's env.
+        "THROTTLE_AUTH_FAILURES": "off",
+        "THROTTLE_SET_KEY": "off",
+        "REDIS_URL": "",
         **(extra_env or {}),
     }
     log = log_path.open("ab")
@@ -126,7 +166,9 @@ def start_server(log_path: Path, extra_env: dict[str, str] | None = None, worker
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log.close()  # the child process has its own copy of the descriptor
     server = LiveServer(host="127.0.0.1", port=port, log_path=log_path, process=process, env=env)
+    STARTED_SERVERS.append(server)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -134,7 +176,139 @@ def start_server(log_path: Path, extra_env: dict[str, str] | None = None, worker
         try:
             if requests.get(f"{server.url}/-/health/live/", timeout=1).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a worker still booting (read timeout)
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"gunicorn did not answer within 30 s:\n{server.log_text()}")
+
+
+def worker_pids(server: LiveServer) -> list[int]:
+    """The pids of the gunicorn workers (children of the master process)."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+def _postgres_bindir() -> Path:
+    """PG_BINDIR, else ``pg_config --bindir``, else the newest /usr/lib/postgresql/*/bin."""
+    if os.environ.get("PG_BINDIR"):
+        return Path(os.environ["PG_BINDIR"])
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True, timeout=10)
+        bindir = Path(out.stdout.strip())
+        if (bindir / "pg_ctl").exists():
+            return bindir
+    except (OSError, subprocess.SubprocessError):
+        pass
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not candidates:
+        raise RuntimeError("PostgreSQL server binaries not found; set PG_BINDIR")
+    return candidates[-1]
+
+
+@dataclass
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster on its own port (trust auth, loopback only) that tests may stop,
+    start and break at will, unlike the shared server on 5432."""
+
+    bindir: Path
+    root: Path
+    port: int
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    def url(self, dbname: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _run(self, *argv: str) -> None:
+        # initdb and the server refuse to run as root: run them as the postgres system user then.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        result = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            # As in docker-compose.yml: failing statements (their text carries key literals) are not logged.
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c log_min_error_statement=panic",
+            "-w",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
+
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url(dbname), connect_timeout=5, **kwargs)
+
+    def create_database(self, name: str) -> str:
+        with self.connect(autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already stopped
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def private_postgres() -> PrivatePostgres:
+    """initdb and start a private cluster on a free port; call ``destroy()`` when done."""
+    root = Path(tempfile.mkdtemp(prefix="tokens-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    cluster = PrivatePostgres(bindir=_postgres_bindir(), root=root, port=free_port())
+    try:
+        cluster._run(
+            str(cluster.bindir / "initdb"), "-D", str(cluster.datadir), "-A", "trust", "-U", "postgres",
+            "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+        cluster.start()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return cluster
+
+
+def migrate(database_url: str) -> None:
+    """Run ``manage.py migrate`` against ``database_url`` in a fresh process."""
+    from django.conf import settings
+
+    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SECRET_KEY": settings.SECRET_KEY}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"migrate failed: {result.stdout}{result.stderr}")
+
+
+def register_database(alias: str, url: str) -> None:
+    """Make ``url`` usable in this process as ``connections[alias]`` (``Token.objects.using(alias)``)."""
+    import dj_database_url
+    from django.db import connections
+
+    connections.settings[alias] = {**dj_database_url.parse(url, conn_health_checks=True)}
+    connections.configure_settings(connections.settings)
+
+
+def unregister_database(alias: str) -> None:
+    from django.db import connections
+
+    connections[alias].close()
+    del connections[alias]
+    del connections.settings[alias]

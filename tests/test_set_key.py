@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from core.models import Token, TokenIntents, generate_key, key_digest
 from core.services import key_fingerprint
 from events.models import Event
-from tests.conftest import requires_postgres
+from tests.conftest import ON_POSTGRES, requires_postgres
 
 SET_KEY = "authentik_core.set_token_key"
 
@@ -477,7 +477,8 @@ def test_only_the_key_columns_are_written(bearer, admin_token, make_token, super
 
     with CaptureQueriesContext(conn) as queries:
         assert post_key(bearer(admin_token), target.identifier, generate_key()).status_code == 204
-    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    # On PostgreSQL the UPDATE sits inside the statement that also writes the event (WITH ... UPDATE).
+    updates = [q["sql"] for q in queries.captured_queries if "UPDATE" in q["sql"]]
     assert len(updates) == 1
     assert "description" not in updates[0]
     assert '"key"' in updates[0]
@@ -491,7 +492,9 @@ def test_failing_event_write_rolls_the_key_back(admin_token, make_token, superus
     target = make_token(superuser)
     client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {admin_token.key}")
-    with mock.patch("core.services.event_create", side_effect=RuntimeError("audit store down")):
+    # Building the audit record fails. On SQLite the key is already updated in the open transaction at
+    # that point; on PostgreSQL key and event are one statement (a failure inside it: the trigger test).
+    with mock.patch("core.services.key_fingerprint", side_effect=RuntimeError("audit store down")):
         response = post_key(client, target.identifier, generate_key())
     assert response.status_code == 500
     assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
@@ -523,17 +526,20 @@ def test_database_trigger_rejecting_the_event_rolls_the_key_back(admin_token, ma
 
 
 # --- query counts -----------------------------------------------------------------------------------
-# transaction=True: the service's atomic block is then a real transaction, as in production, instead of
-# a savepoint inside the test's transaction (SAVEPOINT/RELEASE would add two statements that never run
-# in production).
+# transaction=True: the service then runs in autocommit mode, as in production, instead of inside the
+# test's transaction (where a savepoint would add SAVEPOINT/RELEASE statements that never run in
+# production). Counts include BEGIN and COMMIT whenever they are sent. Targets (issue 7): at most 5
+# statements on the superuser path and 6 on the object-permission path.
+# PostgreSQL: bearer lookup, [permission], one statement that updates the key and inserts the event.
+# SQLite: bearer lookup, [permission], BEGIN, UPDATE ... RETURNING, event insert, COMMIT.
+WRITE_STATEMENTS = 1 if ON_POSTGRES else 4
 
 
 @pytest.mark.django_db(transaction=True)
 def test_query_count_superuser(bearer, admin_token, make_token, superuser, django_assert_num_queries):
     target = make_token(superuser)
     client = bearer(admin_token)
-    # bearer lookup, BEGIN, row lock, key update, event insert, COMMIT
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(1 + WRITE_STATEMENTS):
         assert post_key(client, target.identifier, generate_key()).status_code == 204
 
 
@@ -542,8 +548,7 @@ def test_query_count_global_permission(bearer, make_user, make_token, django_ass
     caller_token = make_token(make_user(perms=(SET_KEY,)))
     target = make_token(make_user())
     client = bearer(caller_token)
-    # bearer lookup, permission, BEGIN, row lock, key update, event insert, COMMIT
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(2 + WRITE_STATEMENTS):
         assert post_key(client, target.identifier, generate_key()).status_code == 204
 
 
@@ -554,7 +559,7 @@ def test_query_count_object_permission(bearer, make_user, make_token, django_ass
     target = make_token(make_user())
     assign_perm(SET_KEY, caller, target)
     client = bearer(caller_token)
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(2 + WRITE_STATEMENTS):
         assert post_key(client, target.identifier, generate_key()).status_code == 204
 
 

@@ -51,10 +51,36 @@ class StrictJSONParser(JSONParser):
 
 
 class Pagination(PageNumberPagination):
-    """authentik's envelope: numeric page links (0 when absent), counts and an autocomplete map."""
+    """authentik's envelope: numeric page links (0 when absent), counts and an autocomplete map.
+
+    ``page_size`` must be a positive integer (400 otherwise; DRF would silently use the default), and is
+    capped at ``max_page_size``. A ``page`` that is not a page of the result set is DRF's 404 "Invalid page.".
+    """
 
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def get_page_size(self, request: Any) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            assert self.page_size is not None  # REST_FRAMEWORK["PAGE_SIZE"]
+            return self.page_size
+        # Digits only: int() would also take " 5", "+5" and "1_0". Too many digits is a ValueError too.
+        try:
+            size = int(raw) if raw.isascii() and raw.isdigit() else 0
+        except ValueError:
+            size = 0
+        if size < 1:
+            # The message does not quote the value (query strings can carry secrets by mistake).
+            raise exceptions.ValidationError({self.page_size_query_param: ["A positive integer is required."]})
+        return min(size, self.max_page_size)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {**parameter["schema"], "minimum": 1}
+        return parameters
 
     def get_paginated_response(self, data: Any) -> Response:
         page = self.page

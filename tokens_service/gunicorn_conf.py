@@ -1,19 +1,70 @@
-"""gunicorn settings, all from the environment (see README, "Configuration")."""
+"""gunicorn settings, all from the environment (see README, "Configuration" and "Running in production").
+
+Timeouts nest so the innermost fires first: PostgreSQL's lock_timeout (3 s) and statement_timeout
+(10 s) end a stuck query, which the app answers with a 503, well before gunicorn's worker
+``timeout`` (30 s) kills the worker, which is before the load balancer gives up on the request.
+"""
 
 import multiprocessing
 import os
 
-workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
+from tokens_service.wsgi_hardening import install_json_error_pages
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+# A command-line --bind (as `make run` and the tests pass) takes precedence over this.
+bind = [os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")]
+# Sync workers, one request at a time each: one database connection per worker, no thread-safety
+# questions. GUNICORN_THREADS > 1 switches to gthread (then consider DB_POOL_MAX_SIZE).
+workers = _int("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count()))
+threads = _int("GUNICORN_THREADS", 1)
+timeout = _int("GUNICORN_TIMEOUT", 30)
+# On SIGTERM, workers finish the requests in flight for up to this long (keep the container's stop
+# grace period longer than this).
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+# Recycling workers bounds the damage of a slow leak; off unless configured.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
+# The heartbeat file on a tmpfs: on a container's overlay filesystem a slow disk can stall workers
+# into being killed as unresponsive.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - gunicorn's documented choice
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
-accesslog = None  # the app writes its own structured request log
+# Client IPs come from the app's TRUSTED_PROXY_CIDRS, and HTTPS detection from Django's
+# SECURE_PROXY_SSL_HEADER, so gunicorn itself trusts no forwarding header.
+forwarded_allow_ips = ""
+proc_name = "tokens-service"
+# gunicorn's runtime control socket (gunicornc) is not used; it would be one fixed path per user,
+# shared by every instance on the host.
+control_socket_disable = True
+
+# The app writes its own structured request log (tokens_service.logging.RequestLogMiddleware);
+# gunicorn's own messages (worker boots, timeouts, kills) go to stderr in the same JSON format.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
-forwarded_allow_ips = ""  # client IPs come from the app's TRUSTED_PROXY_CIDRS, not gunicorn
+_formatter = "plain" if os.environ.get("LOG_FORMAT", "json").lower() == "plain" else "json"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "tokens_service.logging.JsonFormatter"},
+        "plain": {"()": "tokens_service.logging.PlainFormatter"},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": _formatter, "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": loglevel.upper(), "propagate": False},
+        "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+    },
+    "root": {"handlers": [], "level": "WARNING"},
+}
+
+# gunicorn's own 400/414/431 answers become JSON that quotes nothing of the request (a malformed
+# header line may hold a key). Patched in the master, so every forked worker inherits it.
+install_json_error_pages()

@@ -1,14 +1,24 @@
-"""Request-scoped plumbing: a request id on every request and response."""
+"""Request-scoped plumbing: a request id on every request and response, and 503s for database outages."""
 
+import logging
 import re
 import uuid
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller-supplied id is kept only when it is short and plain, so it cannot smuggle anything into logs.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+# Down, unreachable, restarting, or a lock/statement timeout: the request may succeed if retried.
+# Other database errors (integrity, data, programming) are bugs or caller mistakes, not outages.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+SERVICE_UNAVAILABLE_DETAIL = "The database is unavailable or busy; retry shortly."
+RETRY_AFTER_SECONDS = "2"
+
+logger = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
@@ -23,3 +33,39 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
         return response
+
+
+def service_unavailable(exception: BaseException) -> JsonResponse:
+    """The 503 answer for a database outage; logs the error class and SQLSTATE, never its text."""
+    cause = exception.__cause__
+    logger.warning(
+        "database unavailable: %s",
+        type(cause or exception).__name__,
+        extra={"sqlstate": getattr(cause, "sqlstate", None)},
+    )
+    response = JsonResponse({"detail": SERVICE_UNAVAILABLE_DETAIL, "code": "service_unavailable"}, status=503)
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+class DatabaseUnavailableMiddleware:
+    """Answers 503 JSON ``{"detail", "code": "service_unavailable"}`` when a view fails because the
+    database is unavailable, for every view, not only the API (whose exception handler does the same).
+
+    Errors raised by other middleware never reach ``process_exception``; ``views.server_error`` (the
+    500 handler) recognises them instead. Every 503 gets a ``Retry-After`` header.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 503 and not response.has_header("Retry-After"):
+            response["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DATABASE_UNAVAILABLE):
+            return service_unavailable(exception)
+        return None

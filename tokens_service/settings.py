@@ -2,6 +2,7 @@
 
 import ipaddress
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -56,13 +57,20 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "tokens_service.middleware.RequestIdMiddleware",
+    # One JSON access line per request; outside everything but the request id, so it sees every answer.
+    "tokens_service.logging.RequestLogMiddleware",
+    # Database down or locked: 503 JSON from any view, not only the API (see the 500 handler for the rest).
+    "tokens_service.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before WhiteNoise, so static files carry X-Frame-Options too: security headers on every response.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Serves the collected admin and docs static files (STATIC_ROOT) from the app process itself.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "tokens_service.urls"
@@ -88,6 +96,10 @@ SQLITE_PATH = Path(os.environ.get("SQLITE_PATH", BASE_DIR / "var" / "db.sqlite3"
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{SQLITE_PATH}",
+        # One persistent connection per worker thread, health-checked (SELECT 1) at its first use in each
+        # request, so once a restarted PostgreSQL is back no request fails. Measured against psycopg's pool
+        # (Django's OPTIONS["pool"]): the same per-request cost, but after a restart the pool's reconnect
+        # backoff kept answering 503 for a while; with sync workers a pool buys nothing. See README.
         conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
         conn_health_checks=True,
     )
@@ -95,16 +107,35 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Fail fast instead of hanging a worker: the timeouts are turned into 503 answers.
+    # Fail fast instead of hanging a worker: the timeouts are turned into 503 answers. A transaction
+    # left idle (a frozen or partitioned worker holding a token's row lock) is ended by the server.
+    # Behind PgBouncer these startup options are not passed on: set them on the role instead (README).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3),
+            # A database host that vanished (network partition, dead VM) under an open connection:
+            # unacknowledged data for this long closes it (Linux), and idle connections are probed.
+            "tcp_user_timeout": env_int("DB_TCP_USER_TIMEOUT_MS", 10000),
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
             "options": (
                 f"-c lock_timeout={env_int('DB_LOCK_TIMEOUT_MS', 3000)}"
                 f" -c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 10000)}"
+                f" -c idle_in_transaction_session_timeout={env_int('DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', 60000)}"
             ),
         }
     )
+    # Transaction-mode PgBouncer cannot keep a server-side cursor open across transactions.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("DB_DISABLE_SERVER_SIDE_CURSORS")
+    # Prepared statements: parameters bound by the server, and a statement run 5 times on a connection
+    # is prepared, so PostgreSQL parses and plans the per-request statements (bearer lookup, permission
+    # check, set_key's write) once per connection, not on every request: about half the database CPU
+    # of a set_key (README, "Performance"). Off (DB_PREPARED_STATEMENTS=0) behind a transaction-mode
+    # PgBouncer that does not track prepared statements (before 1.21, or max_prepared_statements = 0).
+    if env_bool("DB_PREPARED_STATEMENTS", default=True):
+        DATABASES["default"]["OPTIONS"].update({"server_side_binding": True, "prepare_threshold": 5})
 else:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": env_int("SQLITE_TIMEOUT_S", 5), "transaction_mode": "IMMEDIATE"}
@@ -129,7 +160,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
+# collectstatic writes compressed copies that WhiteNoise serves to clients accepting them. Not the
+# manifest (hashed names) variant: it would make every page fail until collectstatic has run, tests included.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # Security headers on every response; HTTPS-only settings follow DJANGO_SECURE_SSL.
 SECURE_SSL = env_bool("DJANGO_SECURE_SSL", default=not DEBUG)
@@ -138,6 +175,10 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANG
 SESSION_COOKIE_SECURE = SECURE_SSL
 CSRF_COOKIE_SECURE = SECURE_SSL
 SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD")
+# Load balancers and orchestrators probe over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^-/health/"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -152,6 +193,37 @@ TRUSTED_PROXY_CIDRS = [ipaddress.ip_network(cidr, strict=False) for cidr in env_
 TOKEN_KEY_MIN_LENGTH = env_int("TOKEN_KEY_MIN_LENGTH", 1)
 TOKEN_KEY_MAX_LENGTH = 1024
 EVENT_RETENTION = timedelta(days=env_int("EVENT_RETENTION_DAYS", 365))
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate such as ``20/min`` from the environment; ``off`` disables the throttle."""
+    value = os.environ.get(name, "").strip() or default
+    if value.lower() == "off":
+        return None
+    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name} must look like 20/min (or be off), not {value!r}.")
+    return value
+
+
+# Abuse limits (tokens_service.throttling). Their counters live in the default cache: Redis when
+# REDIS_URL is set, which every worker and replica shares; otherwise per-process memory, where each
+# worker process counts on its own. The cache never holds a key or a digest, only counters.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "tokens-service"),
+            # A slow or absent Redis costs a request at most this long; the throttles then fail open.
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tokens-service"}
+    )
+}
+THROTTLE_AUTH_FAILURES = env_rate("THROTTLE_AUTH_FAILURES", "20/min")
+THROTTLE_SET_KEY = env_rate("THROTTLE_SET_KEY", "600/min")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -172,6 +244,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Failed bearer authentications are counted by the authenticator itself (per client IP); this
+    # class limits viewset actions per caller, for the actions named in the rates below.
+    "DEFAULT_THROTTLE_CLASSES": ["tokens_service.throttling.UserActionThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"auth_failures": THROTTLE_AUTH_FAILURES, "set_key": THROTTLE_SET_KEY},
 }
 
 SPECTACULAR_SETTINGS = {
@@ -183,20 +259,69 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Paths are documented once, relative to either mount (tokens_service.schema drops the /api/v3 copies).
+    "SERVERS": [
+        {"url": "/api/v3", "description": "authentik's base path"},
+        {"url": "/", "description": "root mount (same views)"},
+    ],
+    "PREPROCESSING_HOOKS": ["tokens_service.schema.drop_duplicate_mount"],
+    # drf-spectacular's own enum hook first, then the components the pagination envelope refers to.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tokens_service.schema.add_shared_components",
+        "tokens_service.schema.add_error_responses",
+        "tokens_service.schema.allow_empty_filter_values",
+        "tokens_service.schema.drop_unreferenced_components",
+    ],
+    # "" makes tags and operationIds start at the first path segment: core, core_tokens_set_key_create.
+    "SCHEMA_PATH_PREFIX": "",
+    # Only the Bearer scheme is documented (as "authentik", like the reference); session login still
+    # works at runtime for the admin and the docs pages.
+    "AUTHENTICATION_WHITELIST": ["core.authentication.BearerTokenAuthentication"],
+    # The schema and the docs pages describe a public contract: readable without logging in.
+    "SERVE_PUBLIC": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # No calls to swagger.io's online validator: the docs page talks only to this server.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # authentik's enum component names (the default would name them after the fields: ActionEnum, TypeEnum).
+    "ENUM_NAME_OVERRIDES": {
+        "EventActions": "events.models.EventAction",
+        "UserTypeEnum": "core.models.UserTypes",
+    },
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+# JSON lines on stderr (LOG_FORMAT=plain for a terminal). Both formatters redact credentials that a
+# library might quote; the request log is tokens_service.logging.RequestLogMiddleware.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "json": {"()": "tokens_service.logging.JsonFormatter"},
+        "plain": {"()": "tokens_service.logging.PlainFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain" if os.environ.get("LOG_FORMAT", "json").lower() == "plain" else "json",
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        # Django's SQL log prints parameters, which include key digests and keys: never enable it.
+        # Replaces Django's default handlers for "django" (console only under DEBUG, mail_admins, whose
+        # reports carry request details): everything goes through the redacting root handler.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        # 4xx answers are already in the request log; 5xx stay here with their traceback.
+        "django.request": {"level": "ERROR", "propagate": True},
+        # Django's SQL log prints query parameters, which include keys (an UPDATE of the key column):
+        # it must never reach DEBUG, whatever LOG_LEVEL says.
         "django.db.backends": {"level": "WARNING", "propagate": True},
+        # At DEBUG it reports failed variable lookups with the template context, which may hold a form.
+        "django.template": {"level": "INFO", "propagate": True},
     },
 }
+# Error reports (the DEBUG 500 page, mail to ADMINS) mask POST values and frame variables, not only settings.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "tokens_service.logging.SecretSafeExceptionReporterFilter"
 CSRF_FAILURE_VIEW = "tokens_service.views.csrf_failure"
 
 # django-guardian: no anonymous-user row (anonymous callers never hold permissions here).

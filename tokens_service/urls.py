@@ -2,13 +2,16 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
 from core.api import TokenViewSet
-from tokens_service import views
+from events.api import EventViewSet
+from tokens_service import schema, views
 
 router = SimpleRouter()
 router.register("core/tokens", TokenViewSet, basename="token")
+router.register("events/events", EventViewSet, basename="event")
 
 api_patterns = router.urls
 
@@ -16,6 +19,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("-/health/live/", views.live, name="health-live"),
     path("-/health/ready/", views.ready, name="health-ready"),
+    # OpenAPI schema and its docs pages (local sidecar assets, no CDN); public, like authentik's schema.
+    path("api/v3/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v3/schema/swagger-ui/", schema.SwaggerView.as_view(url_name="schema"), name="schema-swagger-ui"),
+    path("api/v3/schema/redoc/", schema.RedocView.as_view(url_name="schema"), name="schema-redoc"),
     path("api/v3/", include((api_patterns, "api"), namespace="v3")),
     path("", include(api_patterns)),
 ]

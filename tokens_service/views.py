@@ -1,9 +1,12 @@
 """Health endpoints and JSON answers for errors raised outside the API views."""
 
+import sys
 from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+from tokens_service.middleware import DATABASE_UNAVAILABLE, service_unavailable
 
 
 def _error(status: int, detail: str, code: str) -> JsonResponse:
@@ -23,6 +26,10 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """The 500 handler; a database outage raised outside a view (in middleware) is still a 503."""
+    exception = sys.exc_info()[1]
+    if isinstance(exception, DATABASE_UNAVAILABLE):
+        return service_unavailable(exception)
     return _error(500, "Internal server error.", "server_error")
 
 
@@ -36,7 +43,8 @@ def live(request: HttpRequest) -> JsonResponse:
 
 
 def ready(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database answers a trivial query."""
+    """Readiness: the database answers a trivial query. When it does not, the answer (503) comes within
+    ``DB_CONNECT_TIMEOUT`` (unreachable) or ``DB_STATEMENT_TIMEOUT_MS`` (stuck), never a hang."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

@@ -4,6 +4,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from tokens_service.wsgi_hardening import ChunkedBodyMiddleware
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokens_service.settings")
 
-application = get_wsgi_application()
+# Chunked request bodies reach Django under the same size limit as others (tokens_service.wsgi_hardening).
+application = ChunkedBodyMiddleware(get_wsgi_application())

@@ -1,0 +1,244 @@
+"""Django admin for users and tokens. A token's key is never listed, searched, filtered, shown or edited here.
+
+Token writes go through the API's services: ``token_create`` (random key), ``token_update`` (changed fields
+only), ``token_delete`` (with its object permissions) and ``token_set_key`` (the "Set key" page), so the
+admin writes the same audit events, under the same rules, as the API.
+"""
+
+import uuid
+from typing import Any, cast
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.db.models.constants import LOOKUP_SEP
+from django.forms import ChoiceField, ModelForm
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse, reverse_lazy
+from guardian.admin import GuardedModelAdmin
+
+from core.forms import TOKEN_ADMIN_FIELDS, TokenAdminForm, TokenSetKeyForm
+from core.models import Token, TokenIntents, User
+from core.selectors import user_has_token_perm
+from core.services import API_INTENTS, token_create, token_delete, token_set_key, token_update
+from events.utils import request_meta
+from tokens_service.errors import FieldConflict, ObjectNotFound
+
+SECRET_FIELDS = ("key", "key_digest")
+SET_KEY_PERMISSION = "set_token_key"
+
+admin.site.site_header = "tokens-service administration"
+admin.site.site_title = "tokens-service admin"
+# "View site" leads to the API documentation: the service has no other pages for people.
+admin.site.site_url = cast(str, reverse_lazy("schema-swagger-ui"))  # resolved when a page is rendered
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    """Django's user admin plus authentik's user fields."""
+
+    list_display = ("username", "email", "name", "type", "is_active", "is_staff", "is_superuser")
+    list_filter = (*DjangoUserAdmin.list_filter, "type")
+    search_fields = (*DjangoUserAdmin.search_fields, "name")
+    readonly_fields = ("uuid", "password_change_date", "last_updated")
+    fieldsets = (
+        *(DjangoUserAdmin.fieldsets or ()),
+        (
+            "authentik",
+            {"fields": ("name", "type", "path", "attributes", "uuid", "password_change_date", "last_updated")},
+        ),
+    )
+
+
+@admin.register(Token)
+class TokenAdmin(GuardedModelAdmin):
+    """Tokens with django-guardian's object-permission pages and a "Set key" page.
+
+    The key is generated on creation and can afterwards only be replaced (never read) from the admin.
+    """
+
+    form = TokenAdminForm
+    fields = TOKEN_ADMIN_FIELDS  # read-only ones (the owner, on the change form) keep their place
+    exclude = SECRET_FIELDS
+    # guardian annotates this as an instance variable, django-stubs as a ClassVar; both are class attributes.
+    change_form_template = "admin/authentik_core/token/change_form.html"  # type: ignore[misc]
+    set_key_template = "admin/authentik_core/token/set_key.html"
+    list_display = ("identifier", "user", "intent", "expires", "expiring")
+    list_filter = ("intent", "expiring")
+    list_select_related = ("user",)
+    search_fields = ("identifier", "description", "user__username")
+    ordering = ("identifier",)
+    autocomplete_fields = ("user",)
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        # The changelist accepts lookups on local fields from the query string by default
+        # (?key__startswith=a), which would let anyone who can list tokens guess keys one character
+        # at a time. No lookup may touch the key or its digest.
+        if lookup.split(LOOKUP_SEP, 1)[0] in SECRET_FIELDS:
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        set_key = path(
+            "<path:object_id>/set-key/",
+            self.admin_site.admin_view(self.set_key_view),
+            name="{}_{}_set_key".format(*info),
+        )
+        # Before the admin's catch-all "<path:object_id>/" pattern.
+        return [set_key, *super().get_urls()]
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except FieldConflict as exc:
+            # The form checks uniqueness first; this is a concurrent write of the same identifier or
+            # managed value between that check and the service's write. Everything was rolled back.
+            self.message_user(request, f"Not saved: {exc.message}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        except ObjectNotFound:
+            self.message_user(request, "Not saved: the token was deleted meanwhile.", messages.ERROR)
+            return HttpResponseRedirect(reverse(f"{self.admin_site.name}:index", current_app=self.admin_site.name))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Token | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        # token_update's rules, shown as read-only fields rather than refused after submission: the
+        # owner never changes, and only api and app_password tokens may switch between those two.
+        return ("user",) if obj.intent in API_INTENTS else ("user", "intent")
+
+    def get_form(self, request: HttpRequest, obj: Token | None = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None and "intent" in form.base_fields:
+            intent = form.base_fields["intent"]
+            assert isinstance(intent, ChoiceField)
+            intent.choices = [(value, label) for value, label in TokenIntents.choices if value in API_INTENTS]
+        return form
+
+    def save_model(self, request: HttpRequest, obj: Token, form: ModelForm, change: bool) -> None:
+        actor = request.user if isinstance(request.user, User) else None
+        if change:
+            # Only the fields the admin edited go to the service, which saves those columns alone and
+            # writes the model_updated event: a concurrent set_key or API write is never undone.
+            if form.changed_data:
+                assert actor is not None  # admin_view admits only logged-in staff
+                updated = token_update(
+                    token_pk=obj.pk,
+                    changes={name: form.cleaned_data[name] for name in form.changed_data},
+                    actor=actor,
+                    request_meta=request_meta(request),
+                )
+                obj.key = updated.key
+                obj.key_digest = updated.key_digest
+            return
+        created = token_create(
+            actor=actor,
+            user=obj.user,
+            identifier=obj.identifier,
+            request_meta=request_meta(request),
+            intent=obj.intent,
+            key=None,  # a fresh random key, generated by the service
+            description=obj.description,
+            expires=obj.expires,
+            expiring=obj.expiring,
+            managed=obj.managed,
+        )
+        # The admin goes on with ``obj`` (history entry, redirect to the change page): make it the new row.
+        obj.pk = created.pk
+        obj.key = created.key
+        obj.key_digest = created.key_digest
+        obj._state.adding = False
+        obj._state.db = created._state.db
+
+    def delete_model(self, request: HttpRequest, obj: Token) -> None:
+        self._delete(request, [obj.pk])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Token]) -> None:
+        self._delete(request, list(queryset.values_list("pk", flat=True)))
+
+    def _delete(self, request: HttpRequest, token_pks: list[uuid.UUID]) -> None:
+        # Through the service, one token at a time: each deletion removes the token's object
+        # permissions and writes its model_deleted event, as an API DELETE does.
+        actor = request.user
+        assert isinstance(actor, User)  # admin_view admits only logged-in staff
+        meta = request_meta(request)
+        for token_pk in token_pks:
+            try:
+                token_delete(token_pk=token_pk, actor=actor, request_meta=meta)
+            except ObjectNotFound:
+                continue  # deleted concurrently: the goal is reached
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Token | None = None,
+    ) -> HttpResponse:
+        user = request.user
+        context["show_set_key"] = (
+            obj is not None and isinstance(user, User) and user_has_token_perm(user, SET_KEY_PERMISSION, obj.identifier)
+        )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def set_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Replace a token's key through ``core.services.token_set_key``, as the set_key API does.
+
+        Requires ``authentik_core.set_token_key`` (superuser, global, or object permission), decided
+        before telling whether the token exists. The submitted key is never rendered back.
+        """
+        user = request.user
+        token = self.get_object(request, unquote(object_id))
+        identifier = token.identifier if token is not None else ""
+        if not isinstance(user, User) or not user_has_token_perm(user, SET_KEY_PERMISSION, identifier):
+            raise PermissionDenied
+        if token is None:
+            self.message_user(request, "No such token. Perhaps it was deleted?", messages.WARNING)
+            return HttpResponseRedirect(reverse(f"{self.admin_site.name}:index", current_app=self.admin_site.name))
+
+        form = TokenSetKeyForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                token_set_key(
+                    token_identifier=token.identifier,
+                    key=form.cleaned_data["key"],
+                    actor=user,
+                    request_meta=request_meta(request),
+                )
+            except FieldConflict as exc:
+                form.add_error("key" if exc.field == "key" else None, exc.message)
+            except ObjectNotFound:
+                form.add_error(None, "This token has expired or no longer exists; its key cannot be set.")
+            else:
+                self.log_change(request, token, [{"changed": {"fields": ["key"]}}])
+                self.message_user(request, f"The key of “{token}” was replaced.", messages.SUCCESS)
+                change_url = reverse(
+                    f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_change",
+                    args=[token.pk],
+                    current_app=self.admin_site.name,
+                )
+                return HttpResponseRedirect(change_url)
+
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Set key",
+            "subtitle": str(token),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "original": token,
+            "form": form,
+            "has_view_permission": self.has_view_permission(request, token),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.set_key_template, context)

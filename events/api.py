@@ -1,0 +1,124 @@
+"""Audit-event API: the read-only viewset mounted at ``events/events``."""
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.decorators import action
+from rest_framework.filters import SearchFilter
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.viewsets import ReadOnlyModelViewSet
+
+from core.filters import SingleValuedQueryParameters, StableOrderingFilter
+from core.models import User
+from events.filters import EventFilter
+from events.models import Event, EventAction
+from events.selectors import event_volume, user_can_view_events
+
+MAX_HISTORY_DAYS = 366
+
+
+class CanViewEvents(BasePermission):
+    """Active superusers and holders of the global ``authentik_events.view_event``, for every method.
+
+    Checked before the method: callers without it get 403 for anything, permitted callers get 405 for
+    writes, which this API does not offer.
+    """
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return isinstance(user, User) and user_can_view_events(user)
+
+
+class EventSerializer(serializers.ModelSerializer):
+    """Event Serializer"""
+
+    # The API is read-only; the fields that are not read-only only keep authentik's required lists.
+    pk = serializers.UUIDField(source="event_uuid", read_only=True)
+    user = serializers.DictField(required=False)
+    action = serializers.ChoiceField(choices=EventAction.choices)
+    app = serializers.CharField()
+    # Declared fields are popped off the class, so this does not shadow ``Serializer.context``.
+    context = serializers.DictField(required=False)  # type: ignore[assignment]
+    client_ip = serializers.CharField(allow_null=True, required=False)
+    expires = serializers.DateTimeField(required=False)
+    brand = serializers.DictField(required=False)
+
+    class Meta:
+        model = Event
+        fields = ["pk", "user", "action", "app", "context", "client_ip", "created", "expires", "brand"]
+
+
+class TypeCreateSerializer(serializers.Serializer):
+    """Types of an object that can be created"""
+
+    name = serializers.CharField()
+    description = serializers.CharField()
+    component = serializers.CharField()
+    model_name = serializers.CharField()
+    icon_url = serializers.CharField(required=False)
+    requires_enterprise = serializers.BooleanField(default=False)
+    deprecated = serializers.BooleanField(default=False)
+
+
+class EventVolumeSerializer(serializers.Serializer):
+    """Count of events of action created on day for a single event action"""
+
+    action = serializers.ChoiceField(choices=EventAction.choices)
+    time = serializers.DateTimeField()
+    count = serializers.IntegerField()
+
+
+class EventVolumeQuerySerializer(serializers.Serializer):
+    history_days = serializers.IntegerField(min_value=1, max_value=MAX_HISTORY_DAYS, default=7)
+
+
+class EventViewSet(ReadOnlyModelViewSet):
+    """Event Read-Only Viewset"""
+
+    queryset = Event.objects.all()
+    serializer_class = EventSerializer
+    lookup_field = "event_uuid"
+    permission_classes = [CanViewEvents]
+    filter_backends = [SingleValuedQueryParameters, DjangoFilterBackend, SearchFilter, StableOrderingFilter]
+    filterset_class = EventFilter
+    search_fields = ["action", "app", "client_ip", "user", "context"]
+    ordering = ["-created"]
+    ordering_fields = ["created", "action", "app", "client_ip", "expires"]
+
+    def get_queryset(self) -> QuerySet[Event]:
+        return Event.objects.all()
+
+    @extend_schema(responses={200: TypeCreateSerializer(many=True)})
+    @action(detail=False, methods=["get"], pagination_class=None, filter_backends=[])
+    def actions(self, request: Request) -> Response:
+        """Get all actions"""
+        data = [
+            {"name": label, "description": "", "component": value, "model_name": ""}
+            for value, label in EventAction.choices
+        ]
+        return Response(TypeCreateSerializer(data, many=True).data)
+
+    @extend_schema(
+        # The bounds the query serializer enforces, so that the schema does not promise what is a 400.
+        parameters=[
+            OpenApiParameter(
+                "history_days",
+                {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_DAYS},
+                default=7,
+            )
+        ],
+        responses={200: EventVolumeSerializer(many=True)},
+    )
+    @action(detail=False, methods=["get"], pagination_class=None)
+    def volume(self, request: Request) -> Response:
+        """Get event volume for specified filters and timeframe"""
+        query = EventVolumeQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        events = self.filter_queryset(self.get_queryset())
+        rows = event_volume(events, history_days=query.validated_data["history_days"])
+        return Response(EventVolumeSerializer(rows, many=True).data)

@@ -1,0 +1,395 @@
+"""Abuse limits: failed bearer authentications per client IP, set_key per caller, 429 with Retry-After."""
+
+import ipaddress
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from core.models import Token, User, generate_key
+from events.models import Event
+from tests.live import start_server
+from tokens_service.settings import env_rate
+from tokens_service.throttling import SlidingWindowThrottle, seconds_until_allowed
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# Like the PostgreSQL lane: skipped where no Redis answers, unless REQUIRE_REDIS=1 makes that a failure.
+requires_redis = pytest.mark.skipif(
+    not redis_reachable() and os.environ.get("REQUIRE_REDIS") != "1", reason="needs Redis on 127.0.0.1:6379"
+)
+
+
+@contextmanager
+def rates(**scoped: str | None) -> Iterator[None]:
+    """Override throttle rates, e.g. ``rates(auth_failures="3/min", set_key=None)``."""
+    merged = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], **scoped}
+    with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": merged}):
+        yield
+
+
+def set_key(client: APIClient, identifier: str, key: str | None = None, **extra: Any) -> Any:
+    url = reverse("token-set-key", kwargs={"identifier": identifier})
+    return client.post(url, {"key": key or generate_key()}, format="json", **extra)
+
+
+def with_header(header: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    return client
+
+
+def assert_throttled(response: Any) -> None:
+    assert response.status_code == 429
+    body = response.json()
+    assert body["code"] == "throttled"
+    assert isinstance(body["detail"], str)
+    assert set(body) == {"detail", "code"}
+    assert int(response["Retry-After"]) >= 1
+
+
+# --- the sliding-window arithmetic -------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock(600.0)  # the start of a one-minute window
+    monkeypatch.setattr(SlidingWindowThrottle, "timer", fake)
+    return fake
+
+
+class Probe(SlidingWindowThrottle):
+    scope = "probe"
+
+    def attempt(self) -> bool:
+        return self.allow_request(None, None)
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return "throttle:probe:someone"
+
+
+def test_a_window_allows_exactly_the_rate_then_waits_it_out(clock: FakeClock) -> None:
+    with rates(probe="3/min"):
+        throttle = Probe()
+        assert [throttle.attempt() for _ in range(4)] == [True, True, True, False]
+        # The 3 requests count fully until the window ends and fade over the next one.
+        assert throttle.wait() == 61
+        clock.now += 60
+        assert not Probe().attempt()
+        clock.now += 1
+        assert Probe().attempt()
+
+
+def test_the_previous_window_is_weighted_by_what_is_left_of_it(clock: FakeClock) -> None:
+    with rates(probe="10/min"):
+        assert all(Probe().attempt() for _ in range(10))
+        clock.now += 90  # half-way through the next window: the last 10 count as 5
+        allowed = [Probe().attempt() for _ in range(6)]
+        assert allowed == [True] * 5 + [False]
+        clock.now += 1
+        assert Probe().attempt()
+
+
+def test_refused_requests_are_not_counted(clock: FakeClock) -> None:
+    with rates(probe="2/min"):
+        for _ in range(50):
+            Probe().attempt()
+        clock.now += 61  # the 2 counted requests weigh 2 * 59/60 < 2 now; 48 refusals would not
+        assert Probe().attempt()
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "elapsed", "expected"),
+    [
+        (0, 3, 0.0, 61),  # all in this window: wait for it to end and fade by a second
+        (0, 3, 59.5, 1),  # the next window starts in half a second and fades the 3 at once
+        (0, 6, 0.0, 91),  # twice the rate: half of the next window too
+        (10, 5, 30.0, 1),  # at the limit right now: the previous window fades below it at once
+        (10, 0, 0.0, 1),
+        (20, 5, 0.0, 46),  # 20 * (1 - t/60) + 5 < 10  <=>  t > 45
+    ],
+)
+def test_retry_after_is_when_the_estimate_drops_below_the_limit(
+    previous: int, current: int, elapsed: float, expected: int
+) -> None:
+    assert seconds_until_allowed(previous, current, elapsed, 10 if previous else 3, 60) == expected
+
+
+def test_rates_are_read_at_request_time_and_off_disables() -> None:
+    with rates(probe=None):
+        assert all(Probe().attempt() for _ in range(100))
+
+
+# --- failed bearer authentications --------------------------------------------------------------------
+
+
+@pytest.fixture
+def target(make_token: Callable[..., Token], superuser: User) -> Token:
+    return make_token(superuser, identifier="target")
+
+
+def test_failed_authentications_are_throttled_per_client_ip(admin_token: Token, target: Token) -> None:
+    with rates(auth_failures="3/min"):
+        for _ in range(3):
+            response = set_key(with_header("Bearer wrong-key-value"), target.identifier)
+            assert response.status_code == 403
+            assert response.json()["code"] == "authentication_failed"
+        assert_throttled(set_key(with_header("Bearer wrong-key-value"), target.identifier))
+        # Malformed credentials count and are refused alike.
+        assert_throttled(set_key(with_header("Basic dXNlcjpwYXNz"), target.identifier))
+        # While the address is over its limit even the right key is refused: a guesser learns nothing.
+        old_key = target.key
+        assert_throttled(set_key(with_header(f"Bearer {admin_token.key}"), target.identifier))
+        target.refresh_from_db()
+        assert target.key == old_key
+        assert Event.objects.count() == 0
+        # Another address is not affected.
+        assert (
+            set_key(with_header(f"Bearer {admin_token.key}"), target.identifier, REMOTE_ADDR="10.9.8.7").status_code
+            == 204
+        )
+
+
+def test_rotating_x_forwarded_for_does_not_escape_the_count(admin_token: Token, target: Token) -> None:
+    with rates(auth_failures="3/min"):
+        statuses = [
+            set_key(
+                with_header("Bearer wrong-key-value"), target.identifier, HTTP_X_FORWARDED_FOR=f"203.0.113.{n}"
+            ).status_code
+            for n in range(6)
+        ]
+        assert statuses == [403, 403, 403, 429, 429, 429]
+
+
+@override_settings(TRUSTED_PROXY_CIDRS=[ipaddress.ip_network("127.0.0.0/8")])
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_on_its_own(admin_token: Token, target: Token) -> None:
+    with rates(auth_failures="2/min"):
+        bad = with_header("Bearer wrong-key-value")
+        assert [set_key(bad, target.identifier, HTTP_X_FORWARDED_FOR="198.51.100.1").status_code for _ in range(3)] == [
+            403,
+            403,
+            429,
+        ]
+        # A client that writes its own X-Forwarded-For still ends up as the address our proxy appended.
+        spoofed = set_key(bad, target.identifier, HTTP_X_FORWARDED_FOR="203.0.113.50, 198.51.100.1")
+        assert spoofed.status_code == 429
+        assert set_key(bad, target.identifier, HTTP_X_FORWARDED_FOR="198.51.100.2").status_code == 403
+
+
+def test_ipv6_clients_are_counted_per_slash_64(target: Token) -> None:
+    bad = with_header("Bearer wrong-key-value")
+    with rates(auth_failures="2/min"):
+        statuses = [
+            set_key(bad, target.identifier, REMOTE_ADDR=f"2001:db8:0:7::{n:x}").status_code for n in range(1, 4)
+        ]
+        assert statuses == [403, 403, 429]
+        assert set_key(bad, target.identifier, REMOTE_ADDR="2001:db8:0:8::1").status_code == 403
+
+
+def test_requests_without_credentials_are_not_counted(target: Token) -> None:
+    with rates(auth_failures="2/min"):
+        for _ in range(5):
+            assert set_key(APIClient(), target.identifier).json()["code"] == "not_authenticated"
+
+
+def test_successful_authentications_are_not_counted(admin_token: Token, target: Token) -> None:
+    with rates(auth_failures="2/min"):
+        for _ in range(5):
+            assert set_key(with_header(f"Bearer {admin_token.key}"), target.identifier).status_code == 204
+        assert set_key(with_header("Bearer wrong-key-value"), target.identifier).status_code == 403
+
+
+def test_the_failure_throttle_covers_every_bearer_endpoint(admin_token: Token) -> None:
+    with rates(auth_failures="1/min"):
+        bad = with_header("Bearer wrong-key-value")
+        assert bad.get(reverse("token-list")).status_code == 403
+        assert_throttled(bad.get(reverse("token-list")))
+        assert_throttled(with_header(f"Bearer {admin_token.key}").get(reverse("event-list")))
+
+
+# --- set_key per caller ---------------------------------------------------------------------------------
+
+
+def test_set_key_is_throttled_per_caller(
+    admin_token: Token, target: Token, make_user: Callable[..., User], make_token: Callable[..., Token]
+) -> None:
+    other = make_token(make_user(superuser=True))
+    with rates(set_key="2/min"):
+        root = with_header(f"Bearer {admin_token.key}")
+        assert [set_key(root, target.identifier).status_code for _ in range(2)] == [204, 204]
+        key_before = Token.objects.get(pk=target.pk).key
+        events_before = Event.objects.count()
+        refused = set_key(root, target.identifier)
+        assert_throttled(refused)
+        assert Token.objects.get(pk=target.pk).key == key_before
+        assert Event.objects.count() == events_before
+        # Rotating X-Forwarded-For or the source address changes nothing: the count is the caller's.
+        assert_throttled(set_key(root, target.identifier, HTTP_X_FORWARDED_FOR="203.0.113.8", REMOTE_ADDR="10.1.1.1"))
+        # Another caller has its own count.
+        assert set_key(with_header(f"Bearer {other.key}"), target.identifier).status_code == 204
+
+
+def test_set_key_throttle_counts_only_callers_allowed_to_set_keys(
+    make_user: Callable[..., User], make_token: Callable[..., Token], target: Token
+) -> None:
+    nobody = make_token(make_user())
+    with rates(set_key="1/min"):
+        for _ in range(3):
+            assert set_key(with_header(f"Bearer {nobody.key}"), target.identifier).json()["code"] == "permission_denied"
+
+
+def test_set_key_throttle_applies_to_invalid_bodies_too(admin_token: Token, target: Token) -> None:
+    with rates(set_key="1/min"):
+        root = with_header(f"Bearer {admin_token.key}")
+        assert set_key(root, target.identifier, key="has a space").status_code == 400
+        assert_throttled(set_key(root, target.identifier))
+
+
+def test_other_actions_are_not_throttled_by_the_set_key_rate(admin_token: Token, target: Token) -> None:
+    with rates(set_key="1/min"):
+        root = with_header(f"Bearer {admin_token.key}")
+        for _ in range(3):
+            assert root.get(reverse("token-list")).status_code == 200
+
+
+def test_throttles_add_no_database_query_to_a_successful_set_key(admin_token: Token, target: Token) -> None:
+    root = with_header(f"Bearer {admin_token.key}")
+    counts = {}
+    for label, scoped in (("off", {"auth_failures": None, "set_key": None}), ("on", {})):
+        with rates(**scoped), CaptureQueriesContext(connection) as queries:
+            assert set_key(root, target.identifier).status_code == 204
+        counts[label] = len(queries)
+    assert counts["on"] == counts["off"]
+
+
+def test_an_unreachable_cache_fails_open(admin_token: Token, target: Token, caplog: pytest.LogCaptureFixture) -> None:
+    dead = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}}
+    with (
+        override_settings(CACHES=dead),
+        rates(auth_failures="1/min", set_key="1/min"),
+        caplog.at_level(logging.WARNING),
+    ):
+        for _ in range(3):
+            assert set_key(with_header("Bearer wrong-key-value"), target.identifier).status_code == 403
+            assert set_key(with_header(f"Bearer {admin_token.key}"), target.identifier).status_code == 204
+    assert "throttle cache unavailable" in caplog.text
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", "20/min"), ("5/s", "5/s"), ("100/hour", "100/hour"), ("7/day", "7/day"), ("off", None), ("OFF", None)],
+)
+def test_rates_come_from_the_environment(value: str, expected: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THROTTLE_TEST", value)
+    assert env_rate("THROTTLE_TEST", "20/min") == expected
+
+
+@pytest.mark.parametrize("value", ["20", "0/min", "-1/min", "20/fortnight", "twenty/min", "20/min; drop"])
+def test_malformed_rates_stop_the_start(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THROTTLE_TEST", value)
+    with pytest.raises(ImproperlyConfigured):
+        env_rate("THROTTLE_TEST", "20/min")
+
+
+def test_defaults_are_documented_values() -> None:
+    assert settings.THROTTLE_AUTH_FAILURES == "20/min"
+    assert settings.THROTTLE_SET_KEY == "600/min"
+
+
+# --- a real server: counts shared by every worker process through Redis -------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any, django_db_blocker: Any) -> Iterator[Any]:
+    """Two gunicorn workers sharing Redis counters under a key prefix of their own; low rates."""
+    import redis
+
+    prefix = f"tokens-service-test-{uuid.uuid4().hex}"
+    with django_db_blocker.unblock():
+        server = start_server(
+            tmp_path / "server.log",
+            extra_env={
+                "REDIS_URL": REDIS_URL,
+                "CACHE_KEY_PREFIX": prefix,
+                "THROTTLE_AUTH_FAILURES": "5/min",
+                "THROTTLE_SET_KEY": "3/min",
+            },
+            workers=2,
+        )
+    yield server
+    server.stop()
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+def raw_set_key(server: Any, identifier: str, authorization: bytes, forwarded: bytes = b"") -> Any:
+    body = b'{"key": "' + generate_key().encode() + b'"}'
+    request = (
+        f"POST /core/tokens/{identifier}/set_key/ HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        + b"Authorization: "
+        + authorization
+        + b"\r\nX-Forwarded-For: "
+        + forwarded
+        + b"\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    return server.raw(request)
+
+
+@requires_redis
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_live_failure_throttle_is_shared_by_all_workers(redis_server: Any, admin_token: Token, target: Token) -> None:
+    # Each request is a new connection, so the two sync workers take turns; with per-process counters
+    # up to 10 failures would pass before a 429.
+    responses = [raw_set_key(redis_server, "target", b"Bearer wrong-key-value", b"203.0.113.%d" % n) for n in range(12)]
+    assert [r.status for r in responses] == [403] * 5 + [429] * 7
+    last = responses[-1]
+    assert last.json()["code"] == "throttled"
+    assert 1 <= int(last.headers["retry-after"]) <= 121
+    assert raw_set_key(redis_server, "target", b"Bearer " + admin_token.key.encode()).status == 429
+    assert Event.objects.count() == 0
+
+
+@requires_redis
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_live_set_key_throttle_is_per_caller(redis_server: Any, admin_token: Token, target: Token) -> None:
+    statuses = [raw_set_key(redis_server, "target", b"Bearer " + admin_token.key.encode()).status for _ in range(5)]
+    assert statuses == [204, 204, 204, 429, 429]
+    assert Event.objects.filter(action="model_updated").count() == 3

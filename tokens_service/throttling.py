@@ -1,0 +1,182 @@
+"""Abuse limits: failed bearer authentications per client IP, and per-caller rates on chosen actions.
+
+Counters live in Django's default cache. With ``REDIS_URL`` set that is Redis, shared by every worker
+process and every replica, so a limit means the same thing however many processes serve; without it,
+each worker process counts on its own (see README, "Abuse limits").
+"""
+
+import ipaddress
+import logging
+import math
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework.exceptions import Throttled
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
+
+from events.utils import client_ip
+
+logger = logging.getLogger(__name__)
+
+
+def seconds_until_allowed(previous: int, current: int, elapsed: float, limit: int, duration: int) -> float:
+    """When a sliding-window estimate at or over ``limit`` falls below it, if nothing more is counted.
+
+    ``previous`` and ``current`` are the counts of the last and the current window, ``elapsed`` the
+    seconds since the current window began.
+    """
+    if current < limit:
+        # Within this window: previous * (1 - t / duration) + current < limit (so previous > 0).
+        until = duration * (1 - (limit - current) / previous) - elapsed
+    else:
+        # In the next window, where this one is "previous": current * (1 - t / duration) < limit.
+        until = duration - elapsed + duration * (1 - limit / current)
+    # The first whole second after that instant (Retry-After counts whole seconds, and at the instant
+    # itself the estimate still equals the limit); at least 1, as DRF sends no header for 0.
+    return float(max(math.floor(until) + 1, 1))
+
+
+def client_network(ip: str | None) -> str:
+    """What one client controls: its IPv4 address, or the /64 of its IPv6 address.
+
+    An IPv6 host is usually handed a whole /64, so counting single addresses would let it rotate
+    through 2**64 of them.
+    """
+    if ip is None:
+        return "unknown"
+    address = ipaddress.ip_address(ip)
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class SlidingWindowThrottle(SimpleRateThrottle):
+    """DRF's rate throttle, counted with two fixed-window counters instead of a list of timestamps.
+
+    The number of requests in the last ``duration`` seconds is estimated as
+    ``previous_window * (1 - elapsed / duration) + current_window``. Counters are incremented with the
+    cache's atomic ``incr`` (Redis ``INCR``), so concurrent workers never lose a count, which DRF's
+    read-modify-write of a timestamp list does; and a cache value stays one integer whatever the rate.
+
+    Rates are read from ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` on every request (a rate of
+    ``None`` switches the throttle off). A cache that cannot be reached fails open: the request is
+    allowed and a warning logged, because an outage of the counters must not take authentication down.
+    """
+
+    cache_format = "throttle:%(scope)s:%(ident)s"
+
+    def __init__(self) -> None:
+        self.rate = self.get_rate()
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        self._wait: float | None = None
+
+    def get_rate(self) -> str | None:
+        # Read at request time (not DRF's import-time copy), so settings overrides apply at once.
+        rates = api_settings.DEFAULT_THROTTLE_RATES
+        if self.scope not in rates:
+            raise ImproperlyConfigured(f"No throttle rate set for the {self.scope!r} scope.")
+        rate = rates[self.scope]
+        return None if rate is None else str(rate)
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        """Allow and count the request, or refuse it (without counting it) when its key is at the limit."""
+        key = self.get_cache_key(request, view)
+        if key is None or self.rate is None:
+            return True
+        if self.exceeded(key):
+            return False
+        self.hit(key)
+        return True
+
+    def exceeded(self, key: str) -> bool:
+        """Whether ``key`` has used up its rate; if so, ``wait()`` says for how long. One cache read."""
+        limit, duration = self.num_requests, self.duration
+        if limit is None or duration is None:
+            return False
+        window, elapsed = divmod(self.timer(), duration)
+        previous_key, current_key = f"{key}:{int(window) - 1}", f"{key}:{int(window)}"
+        try:
+            counts = self.cache.get_many([previous_key, current_key])
+        except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
+            logger.warning("throttle cache unavailable, allowing the request (%s)", type(exc).__name__)
+            return False
+        previous, current = int(counts.get(previous_key, 0)), int(counts.get(current_key, 0))
+        if previous * (1 - elapsed / duration) + current < limit:
+            return False
+        self._wait = seconds_until_allowed(previous, current, elapsed, limit, duration)
+        return True
+
+    def hit(self, key: str) -> None:
+        """Count one request against ``key`` in the current window."""
+        if self.duration is None:
+            return
+        current_key = f"{key}:{int(self.timer() // self.duration)}"
+        # The counter must outlive the next window, which reads it as "previous"; it is only ever
+        # incremented during its own window, so it cannot expire between Redis' EXISTS and INCR.
+        timeout = 2 * self.duration + 1
+        try:
+            try:
+                self.cache.incr(current_key)
+            except ValueError:  # no counter yet in this window
+                if not self.cache.add(current_key, 1, timeout=timeout):
+                    self.cache.incr(current_key)  # another worker created it in between
+        except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
+            logger.warning("throttle cache unavailable, request not counted (%s)", type(exc).__name__)
+
+    def wait(self) -> float | None:
+        return self._wait
+
+
+class FailedAuthenticationThrottle(SlidingWindowThrottle):
+    """Failed bearer authentications per client address (``events.utils.client_ip``).
+
+    ``BearerTokenAuthentication`` calls ``check`` before looking a key up and ``record_failure`` after a
+    credential fails. While an address is over the limit every bearer attempt from it, right or wrong,
+    is refused with 429 before any lookup: answering a correct guess normally would let a guesser go on.
+    The address is the socket peer unless a trusted proxy forwarded the request, so a client cannot
+    escape its count by writing its own ``X-Forwarded-For``; IPv6 clients are counted per /64.
+    """
+
+    scope = "auth_failures"
+
+    def get_cache_key(self, request: Any, view: Any = None) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": client_network(client_ip(request.META))}
+
+    def check(self, request: Request) -> None:
+        """Raise ``Throttled`` (429 with Retry-After) when this address has failed too often."""
+        if self.rate is not None and self.exceeded(self.get_cache_key(request)):
+            raise Throttled(wait=self.wait())
+
+    def record_failure(self, request: Request) -> None:
+        if self.rate is not None:
+            self.hit(self.get_cache_key(request))
+
+
+class UserActionThrottle(SlidingWindowThrottle):
+    """Per authenticated caller, for every viewset action that has a rate named after it.
+
+    ``DEFAULT_THROTTLE_RATES = {"set_key": "600/min"}`` limits ``set_key`` for each user; actions without
+    a rate are not throttled. It runs after authentication and permission checks (DRF's order), so only
+    callers allowed to perform the action are counted. It adds no database query: the counters are in
+    the cache, and the caller is the already-authenticated user.
+    """
+
+    def __init__(self) -> None:
+        # The scope is the view's action, known only in allow_request.
+        self._wait = None
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        action = getattr(view, "action", None)
+        if not action or action not in api_settings.DEFAULT_THROTTLE_RATES:
+            return True
+        self.scope = action
+        super().__init__()
+        return super().allow_request(request, view)
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        user = request.user
+        if not getattr(user, "is_authenticated", False):
+            return None  # anonymous callers never reach an action that has a rate; nothing to count
+        return self.cache_format % {"scope": self.scope, "ident": user.pk}
