@@ -122,8 +122,9 @@ WITH {_CALLER}, {_ALLOWED}
 SELECT EXISTS (SELECT FROM caller), EXISTS (SELECT FROM allowed), true"""
 
 # Visibility as tokens_visible_to: everything for superusers and global view_token holders, otherwise
-# the caller's own tokens and those it (or one of its groups) holds any object permission on. The
-# count comes with the page (a window over the visible rows), the owner's groups as a JSON array.
+# the caller's own tokens and those it (or one of its groups) holds any object permission on. The count
+# and the page come from one pass over the visible tokens; owners and their groups (as a JSON array) are
+# read for the page's rows only.
 LIST_SQL = """
 WITH caller AS (
     SELECT u.id, u.is_superuser
@@ -140,23 +141,30 @@ sees_all AS (
         OR EXISTS (SELECT FROM authentik_core_user_groups g JOIN auth_group_permissions x ON x.group_id = g.group_id
                    WHERE g.user_id = c.id AND x.permission_id = p.id))
 ),
-page AS (
-    SELECT count(*) OVER () AS total, tok.token_uuid, tok.managed, tok.identifier, tok.intent, tok.description,
-           tok.expires, tok.expiring, u.id, u.username, u.name, u.is_active, u.last_login, u.date_joined,
-           u.is_superuser, u.email, u.attributes, u.path, u.type, u.uuid, u.password_change_date, u.last_updated,
-           (SELECT coalesce(json_agg(json_build_array(g.id, g.name) ORDER BY g.id), '[]')
-            FROM authentik_core_user_groups ug JOIN auth_group g ON g.id = ug.group_id WHERE ug.user_id = u.id)
-    FROM authentik_core_token tok JOIN authentik_core_user u ON u.id = tok.user_id, caller c
+visible AS (
+    SELECT tok.token_uuid, tok.managed, tok.identifier, tok.intent, tok.description, tok.expires, tok.expiring,
+           tok.user_id
+    FROM authentik_core_token tok, caller c
     WHERE EXISTS (SELECT FROM sees_all) OR tok.user_id = c.id
        OR EXISTS (SELECT FROM guardian_userobjectpermission x, token_type
                   WHERE x.content_type_id = token_type.id AND x.user_id = c.id AND x.object_pk = tok.token_uuid::text)
        OR EXISTS (SELECT FROM authentik_core_user_groups g, guardian_groupobjectpermission x, token_type
                   WHERE x.group_id = g.group_id AND g.user_id = c.id AND x.content_type_id = token_type.id
                     AND x.object_pk = tok.token_uuid::text)
-    ORDER BY tok.identifier, tok.expires, tok.token_uuid
+),
+page AS (
+    SELECT v.* FROM visible v
+    ORDER BY v.identifier, v.expires, v.token_uuid
     LIMIT %(limit)s OFFSET %(offset)s
 )
-SELECT EXISTS (SELECT FROM caller), page.* FROM (SELECT) AS one LEFT JOIN page ON true"""
+SELECT EXISTS (SELECT FROM caller), (SELECT count(*) FROM visible),
+       p.token_uuid, p.managed, p.identifier, p.intent, p.description, p.expires, p.expiring,
+       u.id, u.username, u.name, u.is_active, u.last_login, u.date_joined, u.is_superuser, u.email, u.attributes,
+       u.path, u.type, u.uuid, u.password_change_date, u.last_updated,
+       (SELECT coalesce(json_agg(json_build_array(g.id, g.name) ORDER BY g.id), '[]')
+        FROM authentik_core_user_groups ug JOIN auth_group g ON g.id = ug.group_id WHERE ug.user_id = u.id)
+FROM (SELECT) AS one LEFT JOIN (page p JOIN authentik_core_user u ON u.id = p.user_id) ON true
+ORDER BY p.identifier, p.expires, p.token_uuid"""
 
 # --- the database connection: one per process, reopened after a failure -------------------------------
 

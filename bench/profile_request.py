@@ -1,14 +1,13 @@
 """Where one request's time goes: the service's WSGI application called in a loop, in-process.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_service DJANGO_SECRET_KEY=... \
-        .venv/bin/python bench/profile_request.py [--endpoint set_key] [--caller root] [-n 2000] [--cprofile]
+    .venv/bin/python bench/profile_request.py [--endpoint set_key] [--caller root|global|object] [-n 2000] [--cprofile]
 
-Needs a database seeded by bench/run.py (it prints the seeded callers' keys into the spec file it keeps
-in a temporary directory; pass it with --spec), or --spec pointing at such a file. Calls
-``tokens_service.wsgi.application`` exactly as gunicorn does (same middleware, same signals), then the
-baseline's ``application`` on ``BASELINE_DSN``, and prints the mean time per request split into
-authentication, permission, service (the database write), SQL time and the rest (framework), plus
-optionally the top of a cProfile.
+Run it after ``make bench``: it uses the databases that run seeded (``bench_service``, and
+``bench_baseline`` for the comparison) and the callers' keys it left in ``var/bench/spec.json``.
+It calls ``tokens_service.wsgi.application`` exactly as gunicorn does (same middleware, same
+signals, no HTTP server), then the baseline's ``application``, and prints the time per request,
+wall and CPU, split into authentication, permission check, the service call (the database write)
+and the rest (Django, DRF, middleware), plus all SQL; with ``--cprofile``, the top of a CPU profile.
 """
 
 import argparse
@@ -23,10 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokens_service.settings")
+os.environ.setdefault("DJANGO_SECRET_KEY", "bench-profile")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_service")
+os.environ.setdefault("BASELINE_DSN", "postgresql://postgres@127.0.0.1:5432/bench_baseline")
+os.environ.setdefault("THROTTLE_SET_KEY", "1000000000/min")  # as in bench/run.py
 
-import django
+import django  # noqa: E402
 
 django.setup()
 
@@ -105,7 +109,7 @@ class Timer:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--spec", type=Path, required=True)
+    parser.add_argument("--spec", type=Path, default=REPO / "var" / "bench" / "spec.json")
     parser.add_argument("--endpoint", default="set_key")
     parser.add_argument("--caller", default="root")
     parser.add_argument("--target", default="bench-hot")
@@ -115,18 +119,29 @@ def main() -> None:
     spec = json.loads(args.spec.read_text())
     key = spec["callers"][args.caller]
 
+    from django.db import connections
+    from rest_framework.views import APIView
+
     import core.api
     import core.authentication
     import core.permissions
-    import core.services
+    import tokens_service.logging
+    import tokens_service.throttling
 
-    timers = {name: Timer() for name in ("authentication", "permission", "service", "sql")}
-    auth_cls = core.authentication.BearerTokenAuthentication
-    auth_cls.authenticate = timers["authentication"].wrap(auth_cls.authenticate)  # type: ignore[method-assign]
+    names = ("bearer", "health", "throttles", "permission", "service", "log", "sql")
+    timers = {name: Timer() for name in names}
+    core.authentication.token_for_bearer_key = timers["bearer"].wrap(core.authentication.token_for_bearer_key)
+    db = connections["default"]
+    db.is_usable = timers["health"].wrap(db.is_usable)  # type: ignore[method-assign]
+    failures = tokens_service.throttling.FailedAuthenticationThrottle
+    failures.check = timers["throttles"].wrap(failures.check)  # type: ignore[method-assign]
+    APIView.check_throttles = timers["throttles"].wrap(APIView.check_throttles)  # type: ignore[method-assign]
     core.permissions.user_has_token_perm = timers["permission"].wrap(core.permissions.user_has_token_perm)
     for name in ("token_set_key", "token_view_key"):
         if hasattr(core.api, name):
             setattr(core.api, name, timers["service"].wrap(getattr(core.api, name)))
+    access = tokens_service.logging.access_logger
+    access.log = timers["log"].wrap(access.log)  # type: ignore[method-assign]
 
     def sql_timer(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
         return timers["sql"].wrap(execute)(sql, params, many, context)
@@ -146,18 +161,22 @@ def main() -> None:
     used = {name: timer.cpu / args.n * 1e6 for name, timer in timers.items()}
     used["total"] = cpu / args.n * 1e6
     for split in (wall, used):
-        split["framework"] = split["total"] - split["authentication"] - split["permission"] - split["service"]
+        split["bearer"] -= split["health"]  # the health check runs inside the lookup's first query
+        split["rest"] = split["total"] - sum(split[name] for name in names if name != "sql")
     print(f"service, {args.endpoint} as {args.caller}, in-process (no HTTP server), per request:")
-    print(f"  {'':34} {'wall us':>8} {'CPU us':>8}")
+    print(f"  {'':44} {'wall us':>8} {'CPU us':>8}")
     for name, label in (
         ("total", "whole request"),
-        ("authentication", "authentication (incl. its SQL)"),
-        ("permission", "permission (incl. its SQL)"),
-        ("service", "service call (incl. its SQL)"),
-        ("framework", "the rest: Django, DRF, middleware"),
-        ("sql", "all SQL (Django cursor calls)"),
+        ("bearer", "bearer lookup (one query)"),
+        ("health", "connection health check (SELECT 1)"),
+        ("permission", "permission check (one query; not superusers)"),
+        ("service", "service call (the write: one statement)"),
+        ("throttles", "throttles (auth failures, per-user rate)"),
+        ("log", "access log line"),
+        ("rest", "the rest: Django, DRF, middleware, JSON"),
+        ("sql", "of all this, SQL statements (wall: round trips)"),
     ):
-        print(f"  {label:34} {wall[name]:8.0f} {used[name]:8.0f}")
+        print(f"  {label:44} {wall[name]:8.0f} {used[name]:8.0f}")
 
     for _ in range(50):
         bstatus = call(baseline.application, environ_for(args.endpoint, key, args.target))

@@ -2,7 +2,7 @@
 
     make bench                       # or: .venv/bin/python bench/run.py [--duration 10] [--out FILE]
 
-What it does, in one run (about 6 minutes with the defaults):
+What it does, in one run (about 7 minutes with the defaults):
 1. Creates two databases, ``bench_service`` and ``bench_baseline``: migrated, seeded with a superuser, a
    global-permission user and an object-permission user (each with an api token), one "hot" target
    token and ``--spread`` more (bench/seed.py). The baseline's copy is a template copy of the
@@ -14,7 +14,8 @@ What it does, in one run (about 6 minutes with the defaults):
    ``--duration`` seconds in total, split into ``--rounds`` slices that alternate between the two
    servers (so a burst of load from elsewhere on the machine hits both alike), every set_key request
    with a fresh key. Prints requests/s (all requests / all time), the median over the rounds of the
-   p50/p95/p99 latencies, the non-2xx count, and the ratio service / baseline.
+   p50/p95/p99 latencies, the non-2xx count, the CPU time per request of the server's gunicorn workers
+   and PostgreSQL backends (from /proc), and the ratios service / baseline.
 5. Counts database transactions per request on the server side (``pg_stat_database``), prints the
    peak RSS (VmHWM) of every gunicorn worker, and checks the targets of issue 7.
 
@@ -273,7 +274,7 @@ def ms(us: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per point and server (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating slices per point (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating slices per point (default 5)")
     parser.add_argument(
         "--service-env",
         action="append",

@@ -32,13 +32,20 @@ def _columns(model: type[models.Model], alias: str) -> str:
     return ", ".join(f"{alias}.{quote(field.column)}" for field in model._meta.concrete_fields)  # type: ignore[arg-type]
 
 
+@functools.cache
+def _attnames(model: type[models.Model]) -> list[str]:
+    return [field.attname for field in model._meta.concrete_fields]
+
+
 def _from_row(db: BaseDatabaseWrapper, model: type[_M], values: Sequence[Any]) -> _M:
     """An instance of ``model`` from its ``_columns`` as the database ``db`` returned them.
 
     Applies the converters the ORM would (SQLite returns uuids and datetimes as text, JSON arrives
     as text), computed once per connection object, then builds the instance like a queryset does.
     """
-    per_model = _CONVERTERS.setdefault(db, {})
+    per_model = _CONVERTERS.get(db)
+    if per_model is None:
+        per_model = _CONVERTERS[db] = {}
     converters = per_model.get(model)
     if converters is None:
         converters = []
@@ -52,7 +59,7 @@ def _from_row(db: BaseDatabaseWrapper, model: type[_M], values: Sequence[Any]) -
     for index, column, functions in converters:
         for function in functions:
             row[index] = function(row[index], column, db)
-    return model.from_db(db.alias, [field.attname for field in model._meta.concrete_fields], row)
+    return model.from_db(db.alias, _attnames(model), row)
 
 
 @functools.cache
