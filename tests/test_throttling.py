@@ -325,8 +325,8 @@ def test_malformed_rates_stop_the_start(value: str, monkeypatch: pytest.MonkeyPa
 
 
 def test_defaults_are_documented_values() -> None:
-    assert settings.THROTTLE_AUTH_FAILURES == "20/min"
-    assert settings.THROTTLE_SET_KEY == "600/min"
+    assert settings.THROTTLE_AUTH_FAILURES == "600/min"
+    assert settings.THROTTLE_SET_KEY == "6000/min"
 
 
 # --- a real server: counts shared by every worker process through Redis -------------------------------------

@@ -222,8 +222,11 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tokens-service"}
     )
 }
-THROTTLE_AUTH_FAILURES = env_rate("THROTTLE_AUTH_FAILURES", "20/min")
-THROTTLE_SET_KEY = env_rate("THROTTLE_SET_KEY", "600/min")
+# Defaults bound abuse without getting in the way of honest automation: guessing a 60-character random key
+# is hopeless at any rate, so the failure limit is about load and noise, and 100 rotations a second per
+# caller is far above what a rotation job needs.
+THROTTLE_AUTH_FAILURES = env_rate("THROTTLE_AUTH_FAILURES", "600/min")
+THROTTLE_SET_KEY = env_rate("THROTTLE_SET_KEY", "6000/min")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -157,7 +157,7 @@ class FailedAuthenticationThrottle(SlidingWindowThrottle):
 class UserActionThrottle(SlidingWindowThrottle):
     """Per authenticated caller, for every viewset action that has a rate named after it.
 
-    ``DEFAULT_THROTTLE_RATES = {"set_key": "600/min"}`` limits ``set_key`` for each user; actions without
+    ``DEFAULT_THROTTLE_RATES = {"set_key": "6000/min"}`` limits ``set_key`` for each user; actions without
     a rate are not throttled. It runs after authentication and permission checks (DRF's order), so only
     callers allowed to perform the action are counted. It adds no database query: the counters are in
     the cache, and the caller is the already-authenticated user.
