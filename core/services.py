@@ -88,19 +88,27 @@ def token_set_key(*, token_identifier: str, key: str, actor: User, request_meta:
         raise ObjectNotFound
 
 
-def _set_key_and_audit_in_one_statement(
-    db: BaseDatabaseWrapper, update: list[Any], token_identifier: str, key: str, actor: User, request_meta: RequestMeta
-) -> bool:
-    context = {
-        # "pk" is filled in by the statement, from the row it updated.
+def _set_key_event_context(*, token_identifier: str, token_pk: str | None, key: str) -> dict[str, Any]:
+    """The context of set_key's ``model_updated`` event, the same on both write paths: the token summary,
+    the changed field and the key's fingerprint (never the key)."""
+    return {
         "model": {
             "app": Token._meta.app_label,
             "model_name": Token._meta.model_name,
-            "pk": None,
+            "pk": token_pk,
             "name": token_identifier,
         },
         "changed_fields": ["key"],
         "key_fingerprint": key_fingerprint(key),
+    }
+
+
+def _set_key_and_audit_in_one_statement(
+    db: BaseDatabaseWrapper, update: list[Any], token_identifier: str, key: str, actor: User, request_meta: RequestMeta
+) -> bool:
+    # "pk" is filled in by the statement, from the row it updated.
+    context = {
+        **_set_key_event_context(token_identifier=token_identifier, token_pk=None, key=key),
         "http_request": request_meta.as_context(),
     }
     event: list[Any] = [
@@ -135,16 +143,7 @@ def _set_key_then_audit(
             actor=actor,
             request_meta=request_meta,
             app="authentik_core",
-            context={
-                "model": {
-                    "app": Token._meta.app_label,
-                    "model_name": Token._meta.model_name,
-                    "pk": token_pk.hex,
-                    "name": token_identifier,
-                },
-                "changed_fields": ["key"],
-                "key_fingerprint": key_fingerprint(key),
-            },
+            context=_set_key_event_context(token_identifier=token_identifier, token_pk=token_pk.hex, key=key),
         )
     return True
 
