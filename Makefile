@@ -13,7 +13,7 @@ DEPLOY_ENV := $(TEST_ENV) DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets
 	DJANGO_SECURE_SSL=1 DJANGO_SECURE_SSL_REDIRECT=1 DJANGO_BEHIND_TLS_PROXY=1 DJANGO_HSTS_SECONDS=31536000 \
 	DJANGO_HSTS_INCLUDE_SUBDOMAINS=1 DJANGO_HSTS_PRELOAD=1 DJANGO_ALLOWED_HOSTS=tokens.example.com
 
-.PHONY: run test venv lint schema test-sqlite test-postgres bench
+.PHONY: run test venv lint schema system-packages test-sqlite test-postgres coverage bench
 
 $(STAMP): requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ $(STAMP): requirements-dev.lock
 	touch $@
 
 venv: $(STAMP)
+
+# Debian packages the tests need (Chromium for the browser tests): installed with apt-get when running as
+# root, otherwise a missing one stops here with the exact command to run.
+system-packages:
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" sh scripts/ensure-system-packages.sh
 
 # Serve the API with gunicorn: SQLite in var/ by default, PostgreSQL when DATABASE_URL is set.
 run: $(STAMP)
@@ -45,12 +50,15 @@ schema: $(STAMP)
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file schema.yml
 
 # Every gate CI runs. PostgreSQL lane: run when reachable; with REQUIRE_POSTGRES=1 unreachable fails.
-test: lint
+# Branch coverage of both lanes together must reach the floor in pyproject.toml ([tool.coverage.report]).
+test: system-packages lint
 	DJANGO_DEBUG=1 $(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(BIN)/python manage.py check
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(DEPLOY_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py collectstatic --noinput -v 0
+	@mkdir -p var/coverage
+	$(BIN)/coverage erase
 	$(MAKE) --no-print-directory test-sqlite
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$(PG_URL)" 2>/dev/null; then \
 		$(MAKE) --no-print-directory test-postgres; \
@@ -59,12 +67,20 @@ test: lint
 	else \
 		echo "PostgreSQL not reachable: the PostgreSQL lane (locking and race tests) was NOT run."; \
 	fi
+	$(MAKE) --no-print-directory coverage
 
+# Each lane adds its own coverage data file to var/coverage/; `make coverage` combines and reports them.
 test-sqlite: $(STAMP)
-	$(TEST_ENV) $(BIN)/pytest
+	@mkdir -p var/coverage
+	$(TEST_ENV) $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(STAMP)
-	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest
+	@mkdir -p var/coverage
+	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+
+coverage: $(STAMP)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
 
 # The performance benchmark (not part of `make test`): service versus a framework-free baseline on
 # PostgreSQL under gunicorn, driven by wrk (installed with apt-get when missing). About 7 minutes.

@@ -6,7 +6,7 @@ Django sends). Django's connection health check (``CONN_HEALTH_CHECKS``: a ``SEL
 the first query of a request, outside Django's query log) is counted separately, so nothing is hidden.
 Baseline: its single ``run`` function is wrapped with a counter.
 
-Usage (run by bench/run.py): DATABASE_URL=... BASELINE_DSN=... python bench/count_queries.py SPEC.json
+Usage (run by bench/run.py): DATABASE_URL=... BASELINE_DSN=... python bench/count_queries.py PLAN.json
 Prints one JSON object.
 """
 

@@ -1,6 +1,6 @@
 """Seed a benchmark database with callers and target tokens. Run by bench/run.py, with DATABASE_URL set.
 
-Usage: python bench/seed.py SPEC.json, where SPEC holds the callers' keys (chosen by run.py, so that
+Usage: python bench/seed.py PLAN.json, where PLAN.json holds the callers' keys (chosen by run.py, so that
 the service's and the baseline's copies of the data are identical) and the number of spread targets.
 """
 

@@ -332,7 +332,7 @@ class TokenViewSet(ModelViewSet):
     queryset = Token.objects.all()
     serializer_class = TokenSerializer
     lookup_field = "identifier"
-    # The identifier syntax (SPEC: ^[-a-zA-Z0-9_]+$): anything else is 404 at the router, before any
+    # The identifier syntax (docs/contract.md, "Data model"): anything else is 404 at the router, before any
     # query, so a NUL or other junk in the path never reaches the database (PostgreSQL rejects NUL).
     lookup_value_regex = "[-a-zA-Z0-9_]+"
     permission_classes = [IsAuthenticated, TokenObjectPermission]

@@ -1,4 +1,4 @@
-"""Suite-wide leak check (a pytest plugin): no key the tests handle may show up where SPEC forbids it.
+"""Suite-wide leak check (a pytest plugin): no key the tests handle may show up where the contract forbids it.
 
 Keys are learned from every token saved in this process, from every token row at each database
 test's teardown (keys set through a live server), and from what the tests send: Bearer words and JSON

@@ -1,7 +1,10 @@
-"""The OpenAPI schema endpoint and the Swagger UI / Redoc pages: public, and built from local files only."""
+"""The OpenAPI schema endpoint and the Swagger UI / Redoc pages (public, built from local files only), and the
+project's own documentation (self-contained: nothing outside the repository is read or cited)."""
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,3 +100,61 @@ def test_docs_pages_load_only_local_static_files(name, must_load, client, settin
     assert "default-src 'self'" in csp
     assert "img-src 'self' data:" in csp
     assert "connect-src 'self'" in csp
+
+
+# --- the repository is self-contained ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+# Paths and names of the workspace the project was first written in, which a clone does not have. The
+# patterns are spelled so that this file does not match them itself.
+OUTSIDE_REFERENCES = re.compile(r"\.\./shared|/work/[s]hared|[s]hared/reference/|\b[S]PEC\b")
+NOT_SCANNED = {".git", ".venv", "var", "staticfiles", "artifacts", "__pycache__", ".hypothesis"}
+
+
+def repository_files() -> list[Path]:
+    """The tracked files (``git ls-files``), or every file outside build and cache folders without git."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
+        ).stdout.decode()
+        return [ROOT / name for name in listed.split("\0") if name]
+    except (OSError, subprocess.SubprocessError):
+        return [
+            path
+            for path in ROOT.rglob("*")
+            if path.is_file() and not NOT_SCANNED.intersection(path.relative_to(ROOT).parts[:-1])
+        ]
+
+
+def test_no_file_reads_or_cites_anything_outside_the_repository():
+    found = []
+    for path in repository_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE_REFERENCES.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert found == [], "cite docs/contract.md or vendor the file under tests/reference/ instead"
+
+
+def test_every_contract_section_cited_exists():
+    contract = (ROOT / "docs" / "contract.md").read_text()
+    headings = set(re.findall(r"^## (.+)$", contract, flags=re.MULTILINE))
+    cited = {
+        (str(path.relative_to(ROOT)), section)
+        for path in repository_files()
+        if path.suffix in {".py", ".md"} and path.exists()
+        for section in re.findall(r'docs/contract\.md, "([^"]+)"', path.read_text(encoding="utf-8"))
+    }
+    assert cited, "no code cites docs/contract.md"
+    assert sorted((where, section) for where, section in cited if section not in headings) == []
+
+
+def test_the_vendored_reference_schema_is_the_one_documented():
+    import hashlib
+
+    reference = ROOT / "tests" / "reference"
+    digest = hashlib.sha256((reference / "authentik-openapi-excerpt.yml").read_bytes()).hexdigest()
+    assert digest in (reference / "README.md").read_text(), "update tests/reference/README.md with the new origin"

@@ -35,7 +35,7 @@ def set_key_url(identifier: str) -> str:
     return reverse("token-set-key", kwargs={"identifier": identifier})
 
 
-# --- client IP (SPEC section 6) --------------------------------------------------------------------
+# --- client IP (docs/contract.md, "Audit trail") ----------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Property-based tests (Hypothesis) of the key policy and the Bearer parser.
 
-In process: the set_key serializer accepts exactly the SPEC's keys; the parser hands exactly the sent
+In process: the set_key serializer accepts exactly the contract's keys; the parser hands exactly the sent
 key to the lookup and rejects everything else without one. Over a real socket: every accepted key,
 once set, authenticates through a raw ``Authorization`` header, and nothing rejected writes anything.
 Example counts are bounded so the whole module runs in seconds.
@@ -56,7 +56,10 @@ LIVE = hypothesis_settings(
 
 
 def policy_accepts(value: Any, min_length: int = 1) -> bool:
-    """SPEC section 4.3, stated independently of the code: a JSON string of 1..1024 visible ASCII."""
+    """The key policy (docs/contract.md, "Setting a key") stated independently of the code.
+
+    A JSON string of 1..1024 visible ASCII characters, at least ``min_length`` long.
+    """
     return (
         isinstance(value, str)
         and max(1, min_length) <= len(value) <= 1024

@@ -137,7 +137,8 @@ def error_body(detail: str, code: str) -> dict[str, str]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Give every error the SPEC shape: ``{"detail", "code"}``, or field errors for 400."""
+    """Give every error the contract's shape (docs/contract.md, "Wire format"): ``{"detail", "code"}``,
+    or field errors for 400."""
     if isinstance(exc, (Http404, ObjectNotFound)):
         exc = exceptions.NotFound()
     elif isinstance(exc, FieldConflict):

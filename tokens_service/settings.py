@@ -186,7 +186,7 @@ X_FRAME_OPTIONS = "DENY"
 # Request bodies: a key is at most 1024 characters, so nothing legitimate is close to this.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 64 * 1024)
 
-# Client IP: the socket peer, unless it is one of these proxies (SPEC section 6).
+# Client IP: the socket peer, unless it is one of these proxies (docs/contract.md, "Audit trail").
 TRUSTED_PROXY_CIDRS = [ipaddress.ip_network(cidr, strict=False) for cidr in env_list("TRUSTED_PROXY_CIDRS")]
 
 # Key policy and audit retention.

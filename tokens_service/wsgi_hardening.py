@@ -88,9 +88,9 @@ def install_json_error_pages() -> None:
     """Replace gunicorn's HTML error page, which quotes the offending request line or header.
 
     That quote can hold a credential (``Authorization Bearer <key>`` without its colon is an invalid
-    header line), and SPEC section 1 wants JSON error bodies that never echo what was sent. gunicorn
-    writes these pages through ``gunicorn.util.write_error`` only; its log line is redacted by
-    ``tokens_service.logging``.
+    header line), and the contract (docs/contract.md, "Wire format") wants JSON error bodies that never
+    echo what was sent. gunicorn writes these pages through ``gunicorn.util.write_error`` only; its log
+    line is redacted by ``tokens_service.logging``.
     """
     from gunicorn import util
 
