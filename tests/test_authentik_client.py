@@ -33,7 +33,7 @@ from guardian.shortcuts import assign_perm
 from core.models import Token, TokenIntents, User, generate_key
 from events.models import Event, EventAction
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.compat, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(params=["/api/v3", ""], ids=["api-v3", "root"])

@@ -29,7 +29,7 @@ from events.models import Event
 from tests.conftest import requires_postgres
 from tests.live import LiveServer, migrate, register_database, start_server, unregister_database, worker_pids
 
-pytestmark = [requires_postgres, pytest.mark.live]
+pytestmark = [requires_postgres, pytest.mark.live, pytest.mark.fault]
 
 ALIAS = "faults"
 ADMIN_KEY = generate_key()

@@ -18,7 +18,7 @@ from events.models import Event
 from tests.leakcheck import TALLY
 from tests.live import LiveServer, RawResponse, start_server
 
-pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.live, pytest.mark.hostile, pytest.mark.django_db(transaction=True)]
 
 LIMIT = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 CT_JSON = b"Content-Type: application/json"

@@ -8,6 +8,8 @@ import requests
 from core.models import Token, generate_key
 from events.models import Event
 
+pytestmark = pytest.mark.live
+
 
 @pytest.mark.django_db(transaction=True)
 def test_set_key_through_a_real_server(live, admin_token, make_token, superuser):

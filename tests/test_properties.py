@@ -29,6 +29,8 @@ from core.models import Token, User, generate_key
 from events.models import Event
 from tests.live import LiveServer
 
+pytestmark = pytest.mark.property
+
 VISIBLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 ACCEPTED_KEYS = st.text(VISIBLE, min_size=1, max_size=1024)
 LONG_VISIBLE = st.text(VISIBLE, min_size=1010, max_size=1040)

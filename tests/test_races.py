@@ -14,7 +14,7 @@ from core.services import key_fingerprint
 from events.models import Event
 from tests.conftest import requires_postgres
 
-pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [requires_postgres, pytest.mark.race, pytest.mark.django_db(transaction=True)]
 
 
 def run_concurrently(jobs: list[Callable[[], Any]]) -> list[Any]:

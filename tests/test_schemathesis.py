@@ -59,6 +59,8 @@ from events.models import Event, EventAction
 from tests.leakcheck import LEDGER, trackable
 from tests.live import LiveServer, start_server
 
+pytestmark = pytest.mark.schemathesis
+
 # Examples per operation, identity and generation mode. The root mount runs the same operations with
 # fewer: it serves the same views, and the point there is that every route answers as documented.
 MAX_EXAMPLES = {"api-v3": 30, "root": 6}
