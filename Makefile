@@ -50,7 +50,8 @@ schema: $(STAMP)
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file schema.yml
 
 # Every gate CI runs. PostgreSQL lane: run when reachable; with REQUIRE_POSTGRES=1 unreachable fails.
-# Branch coverage of both lanes together must reach the floor in pyproject.toml ([tool.coverage.report]).
+# Branch coverage of both lanes together must reach the floor in pyproject.toml ([tool.coverage.report]
+# fail_under); without the PostgreSQL lane the figure is printed but not enforced.
 test: system-packages lint
 	DJANGO_DEBUG=1 $(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(BIN)/python manage.py check
@@ -61,13 +62,14 @@ test: system-packages lint
 	$(BIN)/coverage erase
 	$(MAKE) --no-print-directory test-sqlite
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$(PG_URL)" 2>/dev/null; then \
-		$(MAKE) --no-print-directory test-postgres; \
+		$(MAKE) --no-print-directory test-postgres && $(MAKE) --no-print-directory coverage; \
 	elif [ "$(REQUIRE_POSTGRES)" = "1" ]; then \
 		echo "PostgreSQL is not reachable at DATABASE_URL or 127.0.0.1:5432 and REQUIRE_POSTGRES=1" >&2; exit 1; \
 	else \
-		echo "PostgreSQL not reachable: the PostgreSQL lane (locking and race tests) was NOT run."; \
+		$(MAKE) --no-print-directory coverage COVERAGE_FLOOR=0; \
+		echo "PostgreSQL not reachable: the PostgreSQL lane (locking and race tests) was NOT run,"; \
+		echo "and the coverage floor (both lanes together) was not enforced."; \
 	fi
-	$(MAKE) --no-print-directory coverage
 
 # Each lane adds its own coverage data file to var/coverage/; `make coverage` combines and reports them.
 test-sqlite: $(STAMP)
@@ -78,9 +80,10 @@ test-postgres: $(STAMP)
 	@mkdir -p var/coverage
 	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 
+# Combine the lanes' data and report branch coverage; COVERAGE_FLOOR overrides pyproject.toml's fail_under.
 coverage: $(STAMP)
 	$(BIN)/coverage combine -q
-	$(BIN)/coverage report
+	$(BIN)/coverage report $(if $(COVERAGE_FLOOR),--fail-under=$(COVERAGE_FLOOR))
 
 # The performance benchmark (not part of `make test`): service versus a framework-free baseline on
 # PostgreSQL under gunicorn, driven by wrk (installed with apt-get when missing). About 7 minutes.

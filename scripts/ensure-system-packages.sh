@@ -34,7 +34,11 @@ fi
 
 if [ -n "$required" ]; then
     echo "make test needs Debian packages that are missing:$required" >&2
-    echo "Run as root:  $command" >&2
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "Run as root:  $command" >&2
+    else
+        echo "This system has no apt-get: install the equivalent packages, then run make test again." >&2
+    fi
     exit 1
 fi
 echo "Optional packages missing:$optional (needed only by the load balancer and pooler tests)."
