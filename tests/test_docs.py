@@ -108,7 +108,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # Paths and names of the workspace the project was first written in, which a clone does not have. The
 # patterns are spelled so that this file does not match them itself.
 OUTSIDE_REFERENCES = re.compile(r"\.\./shared|/work/[s]hared|[s]hared/reference/|\b[S]PEC\b")
-NOT_SCANNED = {".git", ".venv", "var", "staticfiles", "artifacts", "__pycache__", ".hypothesis"}
+NOT_SCANNED = {
+    ".git",
+    ".venv",
+    "var",
+    "staticfiles",
+    "artifacts",
+    "__pycache__",
+    ".hypothesis",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+}
 
 
 def repository_files() -> list[Path]:
