@@ -21,8 +21,6 @@ from django.urls import reverse
 from guardian.shortcuts import assign_perm, remove_perm
 from rest_framework.test import APIClient
 
-import core.admin
-import core.api
 from core.models import Token, User, generate_key
 from events.models import Event
 from tests.conftest import requires_postgres
