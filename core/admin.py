@@ -19,13 +19,15 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse, reverse_lazy
 from guardian.admin import GuardedModelAdmin
+from rest_framework.exceptions import Throttled
 
 from core.forms import TOKEN_ADMIN_FIELDS, TokenAdminForm, TokenSetKeyForm
 from core.models import Token, TokenIntents, User
 from core.selectors import user_has_token_perm
-from core.services import API_INTENTS, token_create, token_delete, token_set_key, token_update
+from core.services import API_INTENTS, KeyInUse, token_create, token_delete, token_set_key, token_update
 from events.utils import request_meta
 from tokens_service.errors import FieldConflict, ObjectNotFound
+from tokens_service.throttling import KeyCollisionThrottle
 
 SECRET_FIELDS = ("key", "key_digest")
 SET_KEY_PERMISSION = "set_token_key"
@@ -195,8 +197,10 @@ class TokenAdmin(GuardedModelAdmin):
     def set_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Replace a token's key through ``core.services.token_set_key``, as the set_key API does.
 
-        Requires ``authentik_core.set_token_key`` (superuser, global, or object permission), decided
-        before telling whether the token exists. The submitted key is never rendered back.
+        Requires ``authentik_core.set_token_key`` (superuser, global, or object permission). An up-front
+        check answers 403 before telling whether the token exists; the deciding check is the service's,
+        on the locked row it writes (this page's token, by pk), after the form was read. The submitted
+        key is never rendered back.
         """
         user = request.user
         token = self.get_object(request, unquote(object_id))
@@ -208,16 +212,22 @@ class TokenAdmin(GuardedModelAdmin):
             return HttpResponseRedirect(reverse(f"{self.admin_site.name}:index", current_app=self.admin_site.name))
 
         form = TokenSetKeyForm(request.POST if request.method == "POST" else None)
+        collisions = KeyCollisionThrottle()
         if form.is_valid():
             try:
+                collisions.check(request)
                 token_set_key(
                     token_identifier=token.identifier,
                     key=form.cleaned_data["key"],
                     actor=user,
                     request_meta=request_meta(request),
+                    token_pk=token.pk,
                 )
-            except FieldConflict as exc:
-                form.add_error("key" if exc.field == "key" else None, exc.message)
+            except Throttled:
+                form.add_error(None, "Too many refused keys; try again later.")
+            except KeyInUse as exc:
+                collisions.record(request)
+                form.add_error("key", exc.message)
             except ObjectNotFound:
                 form.add_error(None, "This token has expired or no longer exists; its key cannot be set.")
             else:

@@ -24,10 +24,19 @@ from rest_framework.viewsets import ModelViewSet
 
 from core.filters import SingleValuedQueryParameters, StableOrderingFilter, TokenFilter
 from core.models import Token, TokenIntents, User
-from core.permissions import CanSetTokenKey, CanViewTokenKey
-from core.selectors import objects_using, tokens_visible_to, user_has_token_perm
-from core.services import API_INTENTS, token_create, token_delete, token_set_key, token_update, token_view_key
+from core.permissions import CanSetTokenKey
+from core.selectors import objects_using, tokens_visible_to, user_has_token_perm_on_pk
+from core.services import (
+    API_INTENTS,
+    KeyInUse,
+    token_create,
+    token_delete,
+    token_set_key,
+    token_update,
+    token_view_key,
+)
 from events.utils import request_meta
+from tokens_service.throttling import KeyCollisionThrottle
 
 # Groups here are Django's (integer keys); authentik's have uuids. A uuid5 of the integer key gives
 # every group a stable uuid for the ``groups``/``groups_obj`` fields authentik's clients expect.
@@ -172,6 +181,25 @@ class TokenSerializer(serializers.ModelSerializer):
         "expiring": (bool, "Must be a valid boolean."),
         "user": (int, "Incorrect type. Expected pk value (an integer)."),
     }
+
+    NOT_YOURS = "You can only create tokens for yourself."
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        request = self.context.get("request")
+        caller = getattr(request, "user", None)
+        if isinstance(caller, User) and not caller.is_superuser:
+            # A non-superuser may name only itself (or, on update, the current owner): any other pk,
+            # existing or not, gets the same error, so the field cannot be used to probe for users.
+            allowed = {caller.pk}
+            if isinstance(self.instance, Token):
+                allowed.add(self.instance.user_id)
+            user_field = fields["user"]
+            user_field.queryset = User.objects.filter(pk__in=allowed)  # type: ignore[attr-defined]
+            user_field.error_messages["does_not_exist"] = (
+                self.NOT_YOURS if self.instance is None else "A token's owner cannot be changed."
+            )
+        return fields
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
@@ -323,7 +351,9 @@ class TokenObjectPermission(BasePermission):
         if obj.user_id == user.pk:
             return True
         codename = self.codenames.get(request.method or "")
-        return codename is not None and user_has_token_perm(user, codename, obj.identifier)
+        # Up front, so an unpermitted caller gets 403 before its body is judged; the deciding check is
+        # the service's, on the locked row.
+        return codename is not None and user_has_token_perm_on_pk(user, codename, obj.pk)
 
 
 class TokenViewSet(ModelViewSet):
@@ -355,9 +385,19 @@ class TokenViewSet(ModelViewSet):
         data = serializer.validated_data
         caller: User = request.user  # type: ignore[assignment]  # IsAuthenticated admits only real users
         owner: User = data.get("user", caller)
-        if owner.pk != caller.pk and not caller.is_superuser:
-            raise serializers.ValidationError({"user": ["You can only create tokens for yourself."]})
-        token = token_create(
+        if owner.pk != caller.pk and not caller.is_superuser:  # pragma: no cover - the field refuses it first
+            raise serializers.ValidationError({"user": [self.serializer_class.NOT_YOURS]})
+        collisions = KeyCollisionThrottle()
+        collisions.check(request)
+        try:
+            token = self._create(caller, owner, data, request)
+        except KeyInUse:
+            collisions.record(request)
+            raise
+        return Response(self.get_serializer(token).data, status=status.HTTP_201_CREATED)
+
+    def _create(self, caller: User, owner: User, data: dict[str, Any], request: Request) -> Token:
+        return token_create(
             actor=caller,
             user=owner,
             identifier=data["identifier"],
@@ -370,18 +410,19 @@ class TokenViewSet(ModelViewSet):
             # The owner can always read the key of a token made through the API, whoever created it.
             owner_permissions=("view_token_key",),
         )
-        return Response(self.get_serializer(token).data, status=status.HTTP_201_CREATED)
 
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        # Authorize (get_object: 404 if invisible, 403 without the right) before looking at the body.
+        # get_object: 404 if invisible, 403 without the right (up front, before looking at the body).
         token = self.get_object()
         serializer = self.get_serializer(token, data=request.data, partial=kwargs.get("partial", False))
         serializer.is_valid(raise_exception=True)
+        # The body is read and valid: the service locks the row and decides again, on that row.
         updated = token_update(
             token_pk=token.pk,
             changes=serializer.validated_data,
             actor=request.user,  # type: ignore[arg-type]
             request_meta=request_meta(request),
+            authorize=True,
         )
         # The owner cannot change, so the owner loaded (with its groups) for the permission check is current.
         updated.user = token.user
@@ -389,7 +430,12 @@ class TokenViewSet(ModelViewSet):
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         token = self.get_object()
-        token_delete(token_pk=token.pk, actor=request.user, request_meta=request_meta(request))  # type: ignore[arg-type]
+        token_delete(
+            token_pk=token.pk,
+            actor=request.user,  # type: ignore[arg-type]
+            request_meta=request_meta(request),
+            authorize=True,  # decided again on the locked row
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -398,11 +444,12 @@ class TokenViewSet(ModelViewSet):
             404: OpenApiResponse(description="Token not found or expired"),
         },
     )
-    @action(detail=True, methods=["get"], permission_classes=[CanViewTokenKey], filter_backends=[])
+    @action(detail=True, methods=["get"], permission_classes=[IsAuthenticated], filter_backends=[])
     def view_key(self, request: Request, identifier: str) -> Response:
         """Return token key and log access"""
-        # Like set_key, the permission is checked before any lookup (CanViewTokenKey): callers without
-        # it get 403 whether or not the identifier exists.
+        # No up-front check (there is no body to wait for): the service locks the row the identifier
+        # names and decides on it, so a rename cannot hand out another token's key, and a caller without
+        # the permission gets 403 whether or not the identifier exists.
         key = token_view_key(
             token_identifier=identifier,
             actor=request.user,  # type: ignore[arg-type]  # CanViewTokenKey admits only real users
@@ -434,10 +481,19 @@ class TokenViewSet(ModelViewSet):
     def set_key(self, request: Request, identifier: str) -> Response:
         """Set token key. Action is logged as event. `authentik_core.set_token_key` permission
         is required."""
-        token_set_key(
-            token_identifier=identifier,
-            key=TokenSetKeySerializer.validated_key(request.data),
-            actor=request.user,  # type: ignore[arg-type]  # CanSetTokenKey admits only real users
-            request_meta=request_meta(request),
-        )
+        collisions = KeyCollisionThrottle()
+        collisions.check(request)
+        # The body is read and validated before the service takes the row lock (a slow body holds no
+        # lock), and the permission is decided by the service on the locked row, after the body.
+        key = TokenSetKeySerializer.validated_key(request.data)
+        try:
+            token_set_key(
+                token_identifier=identifier,
+                key=key,
+                actor=request.user,  # type: ignore[arg-type]  # CanSetTokenKey admits only real users
+                request_meta=request_meta(request),
+            )
+        except KeyInUse:
+            collisions.record(request)
+            raise
         return Response(status=status.HTTP_204_NO_CONTENT, headers={"Cache-Control": "no-store"})

@@ -4,6 +4,7 @@ import hashlib
 import secrets
 import string
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
@@ -67,6 +68,22 @@ class TokenIntents(models.TextChoices):
     APP_PASSWORD = "app_password"  # noqa: S105
 
 
+class TokenQuerySet(models.QuerySet["Token"]):
+    """The expiry rule, written once: a token is expired when it expires (``expiring``), has an
+    ``expires`` date and that date is at or before ``now``. Services, selectors, retention and the fast
+    path (which compiles ``expired_q`` into its SQL) all use it."""
+
+    @staticmethod
+    def expired_q(now: datetime) -> models.Q:
+        return models.Q(expiring=True, expires__isnull=False, expires__lte=now)
+
+    def expired(self, now: datetime | None = None) -> "TokenQuerySet":
+        return self.filter(self.expired_q(now or timezone.now()))
+
+    def unexpired(self, now: datetime | None = None) -> "TokenQuerySet":
+        return self.exclude(self.expired_q(now or timezone.now()))
+
+
 class Token(models.Model):
     """A secret key that stands for its user.
 
@@ -100,6 +117,8 @@ class Token(models.Model):
         ),
     )
 
+    objects = TokenQuerySet.as_manager()
+
     class Meta:
         verbose_name = "Token"
         verbose_name_plural = "Tokens"
@@ -123,4 +142,5 @@ class Token(models.Model):
 
     @property
     def is_expired(self) -> bool:
+        """``TokenQuerySet.expired_q`` for an instance in memory."""
         return bool(self.expiring and self.expires is not None and self.expires <= timezone.now())

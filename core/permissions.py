@@ -10,10 +10,12 @@ from core.selectors import user_has_token_perm
 
 
 class TokenPermission(BasePermission):
-    """Requires ``authentik_core.<codename>`` globally or as an object permission on the URL's token.
+    """Up front: ``authentik_core.<codename>`` globally or as an object permission on the URL's token.
 
-    Checked before the token is loaded, so a caller without the permission gets the same 403 whether
-    or not the identifier exists.
+    Runs before the body is read, so a caller without the permission gets 403 (whether or not the
+    identifier exists) without its body being judged. It is an early answer only, never the deciding
+    check: between it and the write a rename may move the identifier to another token, so the service
+    decides again on the row it locks (``core.services.token_set_key``).
     """
 
     codename = ""

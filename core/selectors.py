@@ -1,95 +1,33 @@
-"""Reads: bearer lookup, permission checks and visibility of tokens."""
+"""Reads: bearer lookup, permission checks and visibility of tokens, in plain ORM.
 
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
+This module is the contract. The requests every API call makes (bearer lookup, permission check) also
+have a hand-written SQL version in ``core.fastpath``, with the same signatures; ``fastpath.enabled()``
+(setting ``TOKENS_FAST_PATH``) chooses it, and a differential test holds both to the same answers.
+"""
+
+import uuid
+from typing import Any
 
 from django.contrib.auth.models import Group, Permission
-from django.contrib.contenttypes.models import ContentType
-from django.db import DEFAULT_DB_ALIAS, connection, connections, models
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db import connection, models
 from django.db.models import CharField, Exists, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Cast, Replace
-from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
+from core import fastpath
 from core.models import Token, TokenIntents, User, key_digest
-
-# The two selectors every API request runs (bearer lookup, permission check) send SQL written once
-# instead of building a queryset per call: compiling these querysets costs several times more CPU than
-# the database spends answering them. The SQL is plain enough for PostgreSQL and SQLite alike; table
-# and column names come from the models' metadata, so they follow the models.
-_M = TypeVar("_M", bound=models.Model)
-_Converter = Callable[[Any, Any, BaseDatabaseWrapper], Any]
-_CONVERTERS: WeakKeyDictionary[BaseDatabaseWrapper, dict[type[models.Model], list[tuple[int, Any, list[_Converter]]]]]
-_CONVERTERS = WeakKeyDictionary()
-
-
-def _columns(model: type[models.Model], alias: str) -> str:
-    """The model's concrete columns, in field order, as ``alias."column"`` SQL."""
-    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
-    return ", ".join(f"{alias}.{quote(field.column)}" for field in model._meta.concrete_fields)  # type: ignore[arg-type]
-
-
-@functools.cache
-def _attnames(model: type[models.Model]) -> list[str]:
-    return [field.attname for field in model._meta.concrete_fields]
-
-
-def _from_row(db: BaseDatabaseWrapper, model: type[_M], values: Sequence[Any]) -> _M:
-    """An instance of ``model`` from its ``_columns`` as the database ``db`` returned them.
-
-    Applies the converters the ORM would (SQLite returns uuids and datetimes as text, JSON arrives
-    as text), computed once per connection object, then builds the instance like a queryset does.
-    """
-    per_model = _CONVERTERS.get(db)
-    if per_model is None:
-        per_model = _CONVERTERS[db] = {}
-    converters = per_model.get(model)
-    if converters is None:
-        converters = []
-        for index, field in enumerate(model._meta.concrete_fields):
-            column = field.get_col(model._meta.db_table)
-            functions = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
-            if functions:
-                converters.append((index, column, functions))
-        per_model[model] = converters
-    row = list(values)
-    for index, column, functions in converters:
-        for function in functions:
-            row[index] = function(row[index], column, db)
-    return model.from_db(db.alias, _attnames(model), row)
-
-
-@functools.cache
-def _bearer_sql(vendor: str) -> str:
-    token, user = Token._meta.db_table, User._meta.db_table
-    # Only model metadata is formatted into the SQL; values are always parameters.
-    return f"""
-SELECT {_columns(Token, "t")}, {_columns(User, "u")}
-FROM {token} t INNER JOIN {user} u ON u.id = t.user_id
-WHERE t.key_digest = %s AND t.intent = %s AND u.is_active
-  AND NOT (t.expiring AND t.expires IS NOT NULL AND t.expires <= %s)"""  # noqa: S608
 
 
 def token_for_bearer_key(key: str) -> Token | None:
     """The token that ``key`` authenticates as, with its user, in one query; ``None`` if it does not.
 
     Only an unexpired ``api`` token of an active user authenticates. The key is matched through its
-    digest (a unique-index lookup in SQL), never compared in Python.
+    digest (a unique-index lookup), never compared in Python.
     """
-    db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once (not through the proxy)
-    now = db.ops.adapt_datetimefield_value(timezone.now())
-    with db.cursor() as cursor:
-        cursor.execute(_bearer_sql(db.vendor), [key_digest(key), TokenIntents.API.value, now])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    split = len(Token._meta.concrete_fields)
-    token = _from_row(db, Token, row[:split])
-    token.user = _from_row(db, User, row[split:])
-    return token
+    if fastpath.enabled():
+        return fastpath.token_for_bearer_key(key)
+    tokens = Token.objects.unexpired().select_related("user")
+    return tokens.filter(key_digest=key_digest(key), intent=TokenIntents.API, user__is_active=True).first()
 
 
 def _object_pk_matches(token_pk: Subquery | OuterRef) -> tuple[dict[str, Any], Q]:
@@ -104,36 +42,24 @@ def _object_pk_matches(token_pk: Subquery | OuterRef) -> tuple[dict[str, Any], Q
     return {"object_pk_hex": Replace("object_pk", Value("-"), Value(""))}, Q(object_pk_hex=token_pk)
 
 
-@functools.cache
-def _token_perm_sql(vendor: str) -> str:
-    # Shaped for the planner: one IN over a UNION ALL of the permission ids the user holds in each of the
-    # four ways plans about 2.5 times faster than four correlated EXISTS (planning cost PostgreSQL more
-    # than running it), and the object branches are exact lookups in guardian's (user, content type,
-    # object_pk) index. guardian stores object_pk as str(uuid), with dashes: PostgreSQL casts the uuid to
-    # exactly that text; SQLite stores uuids as 32 hex digits, so there the dashes are removed instead.
-    if vendor == "postgresql":
-        object_pk, token_pk = "object_pk", "token_uuid::text"
-    else:
-        object_pk, token_pk = "replace(object_pk, '-', '')", "token_uuid"
-    token_type = f"(SELECT id FROM {ContentType._meta.db_table} WHERE app_label = %s AND model = %s)"  # noqa: S608
-    on_token = f"content_type_id = {token_type} AND {object_pk} = (SELECT {token_pk} FROM {Token._meta.db_table} WHERE identifier = %s)"  # noqa: E501, S608
-    user_groups = User.groups.through._meta.db_table
-    # Only model metadata is formatted into the SQL; values are always parameters.
-    return f"""
-SELECT EXISTS (
-    SELECT 1 FROM {Permission._meta.db_table} WHERE codename = %s AND content_type_id = {token_type} AND id IN (
-        SELECT permission_id FROM {User.user_permissions.through._meta.db_table} WHERE user_id = %s
-        UNION ALL
-        SELECT gp.permission_id FROM {user_groups} ug
-        INNER JOIN {Group.permissions.through._meta.db_table} gp ON gp.group_id = ug.group_id WHERE ug.user_id = %s
-        UNION ALL
-        SELECT permission_id FROM {UserObjectPermission._meta.db_table} WHERE user_id = %s AND {on_token}
-        UNION ALL
-        SELECT go.permission_id FROM {user_groups} ug
-        INNER JOIN {GroupObjectPermission._meta.db_table} go ON go.group_id = ug.group_id
-        WHERE ug.user_id = %s AND {on_token}
+def _holds_token_perm(user: User, codename: str, on_token: tuple[dict[str, Any], Q]) -> bool:
+    """Whether active ``user`` holds ``authentik_core.<codename>`` as a user or group permission, or as a
+    guardian object permission (user or group) on the token ``on_token`` matches. One query."""
+    annotation, pk_match = on_token
+    perm = OuterRef("pk")
+    user_global = User.user_permissions.through.objects.filter(user_id=user.pk, permission_id=perm)
+    group_global = Group.permissions.through.objects.filter(group__user=user.pk, permission_id=perm)
+    on_object = {"permission_id": perm, "content_type_id": OuterRef("content_type_id")}
+    user_object = UserObjectPermission.objects.annotate(**annotation).filter(pk_match, user_id=user.pk, **on_object)
+    group_object = GroupObjectPermission.objects.annotate(**annotation).filter(
+        pk_match, group__user=user.pk, **on_object
     )
-)"""  # noqa: S608
+    return (
+        Permission.objects.filter(content_type__app_label="authentik_core", content_type__model="token")
+        .filter(codename=codename)
+        .filter(Exists(user_global) | Exists(group_global) | Exists(user_object) | Exists(group_object))
+        .exists()
+    )
 
 
 def user_has_token_perm(user: User, codename: str, identifier: str) -> bool:
@@ -142,21 +68,34 @@ def user_has_token_perm(user: User, codename: str, identifier: str) -> bool:
     Active superusers always do (no query). Otherwise one query answers all four ways of holding it:
     a user permission, a group permission, a guardian object permission of the user or of one of its
     groups. An unknown identifier simply matches no object permission, so callers cannot probe for it.
+
+    The identifier is resolved in the query, without a lock: use it for up-front checks and display
+    only. A decision that allows a write or a read of a token is ``user_has_token_perm_on_pk`` on the
+    row the service has locked.
     """
     if not user.is_active:
         return False
     if user.is_superuser:
         return True
-    token_type = ["authentik_core", "token"]
-    on_token = [*token_type, identifier]
-    db = connections[DEFAULT_DB_ALIAS]
-    with db.cursor() as cursor:
-        cursor.execute(
-            _token_perm_sql(db.vendor),
-            [codename, *token_type, user.pk, user.pk, user.pk, *on_token, user.pk, *on_token],
-        )
-        row = cursor.fetchone()
-    return bool(row and row[0])
+    if fastpath.enabled():
+        return fastpath.user_has_token_perm(user, codename, identifier)
+    token_pk = Subquery(Token.objects.filter(identifier=identifier).values("pk")[:1])
+    return _holds_token_perm(user, codename, _object_pk_matches(token_pk))
+
+
+def user_has_token_perm_on_pk(user: User, codename: str, token_pk: uuid.UUID) -> bool:
+    """Whether ``user`` holds ``authentik_core.<codename>`` globally or on the token whose pk is ``token_pk``.
+
+    The deciding check of every service that writes or reveals a token: it runs inside the service's
+    transaction, after the token's row is locked, on that row's pk (which a rename cannot change).
+    """
+    if not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    if fastpath.enabled():
+        return fastpath.user_has_token_perm_on_pk(user, codename, token_pk)
+    return _holds_token_perm(user, codename, ({}, Q(object_pk=str(token_pk))))
 
 
 def user_has_global_perm(user: User, app_label: str, codename: str) -> bool:

@@ -1,23 +1,33 @@
-"""Writes to tokens. Each service owns its transaction and writes its audit event inside it."""
+"""Writes to tokens, in plain ORM. Each service owns its transaction and writes its audit event inside it.
 
-import json
+This module is the contract: every rule of a write is here, readable as ORM (``transaction.atomic``,
+``select_for_update``, ``save(update_fields=...)``, ``events.services.event_create``). ``token_set_key``
+also has a one-statement SQL version in ``core.fastpath`` (same signature, same decisions through
+``set_key_outcome``), chosen by ``fastpath.enabled()``.
+
+Authorization of a write or a read of one token is decided here, on the row the service has locked, in
+the same transaction as the write: never on an identifier resolved earlier, which a concurrent rename
+could have moved to another token.
+"""
+
 import uuid
 from collections.abc import Collection, Iterable, Mapping
-from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import BooleanField, ExpressionWrapper
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import assign_perm
 
+from core import fastpath
 from core.models import Token, TokenIntents, User, key_digest
-from events.models import Event, EventAction
-from events.services import actor_snapshot, event_create, model_summary
+from core.selectors import user_has_global_perm, user_has_token_perm_on_pk
+from events.models import EventAction
+from events.services import event_create, model_summary
 from events.utils import RequestMeta
 from tokens_service.errors import FieldConflict, ObjectNotFound
 
@@ -30,67 +40,49 @@ API_INTENTS = frozenset({TokenIntents.API, TokenIntents.APP_PASSWORD})
 UPDATABLE_FIELDS = ("identifier", "intent", "description", "expires", "expiring", "managed")
 
 
+class KeyInUse(FieldConflict):
+    """The new key is another token's key: a 400 on ``key`` that never says whose.
+
+    The service has already written a ``suspicious_request`` event; the HTTP layer also counts it
+    against the caller and the client address (``tokens_service.throttling.KeyCollisionThrottle``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("key", KEY_IN_USE)
+
+
 def key_fingerprint(key: str) -> str:
     """An HMAC of ``key`` under the server's secret: lets an auditor match a key they hold, reveals nothing."""
     return salted_hmac("tokens-service.key-fingerprint", key, algorithm="sha256").hexdigest()
 
 
-# Re-keying is one UPDATE that takes the token's row lock and checks existence and expiry in its WHERE
-# clause: a concurrent set_key on the same token waits for the lock, then re-checks the WHERE clause
-# against the committed row. No SELECT ... FOR UPDATE round trip is needed before it.
-_UPDATE_KEY_SQL = f"""
-UPDATE {Token._meta.db_table} SET "key" = %s, "key_digest" = %s
-WHERE "identifier" = %s AND NOT ("expiring" AND "expires" IS NOT NULL AND "expires" <= %s)
-RETURNING "token_uuid"
-"""  # noqa: S608 - only model metadata is formatted in; values are parameters
-
-# On PostgreSQL the UPDATE and the audit event are one statement: the INSERT writes the event from the
-# UPDATE's RETURNING, so there is an event exactly when a row changed. A statement is atomic: if either
-# part fails (the unique digest, the event insert), nothing of it is kept. In autocommit mode it is its
-# own transaction, so no BEGIN/COMMIT round trips are needed and the row lock is held only while the
-# statement runs and commits. The event's timestamps come from clock_timestamp(), read after the lock
-# is granted, so the events of one token are ordered as their changes were committed. The values
-# mirror events.services.event_create, which cannot be used here because the insert has to read the
-# UPDATE's result inside the same statement.
-_SET_KEY_SQL = f"""
-WITH updated AS ({_UPDATE_KEY_SQL})
-INSERT INTO {Event._meta.db_table}
-    ("event_uuid", "user", "action", "app", "context", "client_ip", "created", "expires", "brand")
-SELECT %s::uuid, %s::jsonb, %s, %s,
-    jsonb_set(%s::jsonb, '{{model,pk}}', to_jsonb(replace(updated."token_uuid"::text, '-', ''))),
-    %s::inet, clock_timestamp(), clock_timestamp() + %s::interval, '{{}}'::jsonb
-FROM updated"""  # noqa: S608 - only model metadata is formatted in; values are parameters
+def _locked_token(**lookup: Any) -> Token | None:
+    """The token matching ``lookup``, locked (``SELECT ... FOR UPDATE``) until the transaction ends, with
+    ``expired`` annotated from the expiry rule (``TokenQuerySet.expired_q``). Call inside ``atomic``."""
+    expired = ExpressionWrapper(Token.objects.expired_q(timezone.now()), output_field=BooleanField())
+    return Token.objects.select_for_update().annotate(expired=expired).filter(**lookup).first()
 
 
-def token_set_key(*, token_identifier: str, key: str, actor: User, request_meta: RequestMeta) -> None:
-    """Replace the key of the token ``token_identifier`` and audit it, atomically.
-
-    Holds the token's row lock while writing, so concurrent calls on one token serialize and the last
-    to commit wins; writes only ``key`` and its digest, and exactly one ``model_updated`` event; both
-    commit together or not at all.
-
-    Raises ``ObjectNotFound`` for an unknown or expired token and ``FieldConflict`` on ``key`` when
-    another token holds the key. ``key`` must already be validated (``TokenSetKeySerializer``).
-    """
-    db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once (not through the proxy)
-    update = [key, key_digest(key), token_identifier, db.ops.adapt_datetimefield_value(timezone.now())]
-    try:
-        if db.vendor == "postgresql":
-            written = _set_key_and_audit_in_one_statement(db, update, token_identifier, key, actor, request_meta)
-        else:
-            written = _set_key_then_audit(db, update, token_identifier, key, actor, request_meta)
-    except IntegrityError as exc:
-        # The unique digest is the only constraint these writes can break (the event's values are valid
-        # by construction). Relying on it, rather than a prior SELECT, costs no query and also catches
-        # a concurrent commit of the same key. Nothing was kept: the failed statement or block rolled back.
-        raise FieldConflict("key", KEY_IN_USE) from exc
-    if not written:
+def _refuse_unknown(actor: User, codename: str) -> None:
+    """No token by that identifier: 404 for holders of the global permission, 403 for everyone else, so
+    that a caller who may not act on it cannot tell whether it exists."""
+    if user_has_global_perm(actor, "authentik_core", codename):
         raise ObjectNotFound
+    raise PermissionDenied
 
 
-def _set_key_event_context(*, token_identifier: str, token_pk: str | None, key: str) -> dict[str, Any]:
-    """The context of set_key's ``model_updated`` event, the same on both write paths: the token summary,
-    the changed field and the key's fingerprint (never the key)."""
+def _authorize(actor: User, codename: str, token: Token, *, owner_allowed: bool = False) -> None:
+    """Raise ``PermissionDenied`` unless ``actor`` may act on the locked ``token``: ``codename`` held
+    globally or on this row's pk (or, with ``owner_allowed``, ``actor`` owns it)."""
+    if owner_allowed and token.user_id == actor.pk:
+        return
+    if not user_has_token_perm_on_pk(actor, codename, token.pk):
+        raise PermissionDenied
+
+
+def set_key_event_context(*, token_identifier: str, token_pk: str | None, key: str) -> dict[str, Any]:
+    """The context of set_key's ``model_updated`` event, the same on both paths: the token summary, the
+    changed field and the key's fingerprint (never the key)."""
     return {
         "model": {
             "app": Token._meta.app_label,
@@ -103,49 +95,108 @@ def _set_key_event_context(*, token_identifier: str, token_pk: str | None, key: 
     }
 
 
-def _set_key_and_audit_in_one_statement(
-    db: BaseDatabaseWrapper, update: list[Any], token_identifier: str, key: str, actor: User, request_meta: RequestMeta
-) -> bool:
-    # "pk" is filled in by the statement, from the row it updated.
-    context = {
-        **_set_key_event_context(token_identifier=token_identifier, token_pk=None, key=key),
-        "http_request": request_meta.as_context(),
-    }
-    event: list[Any] = [
-        uuid.uuid4(),
-        json.dumps(actor_snapshot(actor)),
-        EventAction.MODEL_UPDATED.value,
-        "authentik_core",
-        json.dumps(context),
-        request_meta.client_ip,
-        settings.EVENT_RETENTION,
-    ]
-    # Inside a caller's transaction (the admin, tests), a savepoint lets a key clash undo just this
-    # statement; in autocommit mode the statement is its own transaction already.
-    with transaction.atomic() if db.in_atomic_block else nullcontext(), db.cursor() as cursor:
-        cursor.execute(_SET_KEY_SQL, [*update, *event])
-        return cursor.rowcount == 1
+def report_key_collision(*, actor: User | None, request_meta: RequestMeta, token_summary: dict[str, Any]) -> None:
+    """Write the ``suspicious_request`` event of a key that another token holds: which token the caller
+    tried to re-key (or create), never the key, its digest or the other token."""
+    event_create(
+        action=EventAction.SUSPICIOUS_REQUEST,
+        actor=actor,
+        request_meta=request_meta,
+        app="authentik_core",
+        context={"reason": "key_in_use", "model": token_summary},
+    )
 
 
-def _set_key_then_audit(
-    db: BaseDatabaseWrapper, update: list[Any], token_identifier: str, key: str, actor: User, request_meta: RequestMeta
-) -> bool:
-    """Other databases (SQLite): the same UPDATE, then the event through the ORM, in one transaction."""
-    with transaction.atomic():
-        with db.cursor() as cursor:
-            cursor.execute(_UPDATE_KEY_SQL, update)
-            row = cursor.fetchone()
-        if row is None:
-            return False
-        token_pk = Token._meta.pk.to_python(row[0])  # type: ignore[union-attr]  # SQLite returns uuids as text
-        event_create(
-            action=EventAction.MODEL_UPDATED,
-            actor=actor,
-            request_meta=request_meta,
-            app="authentik_core",
-            context=_set_key_event_context(token_identifier=token_identifier, token_pk=token_pk.hex, key=key),
+def set_key_outcome(
+    *,
+    token_pk: uuid.UUID | None,
+    permitted: bool,
+    global_perm: bool,
+    expired: bool,
+    collides: bool,
+    written: bool,
+    token_identifier: str,
+    actor: User,
+    request_meta: RequestMeta,
+) -> None:
+    """Turn the decision taken on the locked row into set_key's answer; shared by both paths.
+
+    In this order: no such token (404 with the global permission, else 403), no permission on the row
+    (403), expired (404), key held by another token (400 and a ``suspicious_request`` event). Nothing
+    was written in any of these cases.
+    """
+    if token_pk is None:
+        raise ObjectNotFound if global_perm else PermissionDenied
+    if not permitted:
+        raise PermissionDenied
+    if expired:
+        raise ObjectNotFound
+    if collides:
+        summary = {
+            "app": Token._meta.app_label,
+            "model_name": Token._meta.model_name,
+            "pk": token_pk.hex,
+            "name": token_identifier,
+        }
+        report_key_collision(actor=actor, request_meta=request_meta, token_summary=summary)
+        raise KeyInUse
+    if not written:  # pragma: no cover - every refusal is handled above
+        raise AssertionError("set_key allowed a write that did not happen")
+
+
+def token_set_key(
+    *, token_identifier: str, key: str, actor: User, request_meta: RequestMeta, token_pk: uuid.UUID | None = None
+) -> None:
+    """Replace the key of the token ``token_identifier`` and audit it, atomically.
+
+    Locks the token's row by its identifier, then decides on that row: ``authentik_core.set_token_key``
+    held by ``actor`` (superuser, globally, or as an object permission on this row's pk), the token not
+    expired, no other token holding the key. Writes only ``key`` (and its digest) and exactly one
+    ``model_updated`` event; both commit together or not at all. Concurrent calls on one token
+    serialize and the last to commit wins.
+
+    Raises ``PermissionDenied`` (no permission on the row; unknown identifier for a caller without the
+    global permission), ``ObjectNotFound`` (unknown for a holder of the global permission, or expired)
+    and ``KeyInUse``. ``key`` must already be validated (``TokenSetKeySerializer``). With ``token_pk`` (the
+    admin, whose page names a token by pk) the identifier must still name that token, or it is unknown.
+    """
+    if fastpath.enabled():
+        fastpath.token_set_key(
+            token_identifier=token_identifier, key=key, actor=actor, request_meta=request_meta, token_pk=token_pk
         )
-    return True
+        return
+    decision: dict[str, Any] = {"permitted": False, "global_perm": False, "expired": False, "collides": False}
+    try:
+        with transaction.atomic():
+            lookup = {"identifier": token_identifier} | ({} if token_pk is None else {"pk": token_pk})
+            token = _locked_token(**lookup)
+            decision["token_pk"] = token.pk if token is not None else None
+            if token is None:
+                decision["global_perm"] = user_has_global_perm(actor, "authentik_core", "set_token_key")
+            else:
+                decision["permitted"] = user_has_token_perm_on_pk(actor, "set_token_key", token.pk)
+                decision["expired"] = token.expired  # type: ignore[attr-defined]  # annotated by _locked_token
+                decision["collides"] = Token.objects.filter(key_digest=key_digest(key)).exclude(pk=token.pk).exists()
+            written = (
+                token is not None and not any(decision[k] for k in ("expired", "collides")) and decision["permitted"]
+            )
+            if written:
+                assert token is not None
+                token.key = key
+                token.save(update_fields=["key"])
+                event_create(
+                    action=EventAction.MODEL_UPDATED,
+                    actor=actor,
+                    request_meta=request_meta,
+                    app="authentik_core",
+                    context=set_key_event_context(token_identifier=token_identifier, token_pk=token.pk.hex, key=key),
+                )
+    except IntegrityError:
+        # The last line of defence: another transaction committed the same key after the check above.
+        decision["collides"], written = True, False
+    set_key_outcome(
+        **decision, written=written, token_identifier=token_identifier, actor=actor, request_meta=request_meta
+    )
 
 
 def token_create(
@@ -179,6 +230,11 @@ def token_create(
     )
     if key is not None:
         token.key = key
+        # Checked first, so that a clash is an answer rather than a unique-constraint error (whose
+        # message names the digest) in the database's log; the constraint still catches a race.
+        if Token.objects.filter(key_digest=key_digest(key)).exists():
+            report_key_collision(actor=actor, request_meta=request_meta, token_summary={"name": identifier})
+            raise KeyInUse
     try:
         with transaction.atomic():
             token.save(force_insert=True)
@@ -202,10 +258,12 @@ def _creation_conflict(*, identifier: str, managed: str | None) -> FieldConflict
         return FieldConflict("identifier", "A token with this identifier already exists.")
     if managed is not None and Token.objects.filter(managed=managed).exists():
         return FieldConflict("managed", "A token with this managed value already exists.")
-    return FieldConflict("key", KEY_IN_USE)
+    return KeyInUse()
 
 
-def token_update(*, token_pk: uuid.UUID, changes: Mapping[str, Any], actor: User, request_meta: RequestMeta) -> Token:
+def token_update(
+    *, token_pk: uuid.UUID, changes: Mapping[str, Any], actor: User, request_meta: RequestMeta, authorize: bool = False
+) -> Token:
     """Apply ``changes`` to the token ``token_pk`` and audit it, atomically.
 
     Locks the row (``SELECT ... FOR UPDATE``), compares each requested value with the stored one and
@@ -217,6 +275,10 @@ def token_update(*, token_pk: uuid.UUID, changes: Mapping[str, Any], actor: User
     owner. Raises ``ObjectNotFound`` when the token is gone, and ``FieldConflict`` on ``user`` for
     another owner, on ``intent`` for any change but one between ``api`` and ``app_password``, and on
     ``identifier`` or ``managed`` for a value another token holds. On any error nothing is written.
+
+    With ``authorize`` (the API), the owner-or-``change_token`` rule is decided on the locked row, in
+    this transaction, and ``PermissionDenied`` raised when it fails. Callers that authorize by other
+    means (the admin's model permissions) leave it off.
     """
     unexpected = set(changes) - {*UPDATABLE_FIELDS, "user"}
     if unexpected:
@@ -226,6 +288,8 @@ def token_update(*, token_pk: uuid.UUID, changes: Mapping[str, Any], actor: User
             token = Token.objects.select_for_update().filter(pk=token_pk).first()
             if token is None:
                 raise ObjectNotFound
+            if authorize:
+                _authorize(actor, "change_token", token, owner_allowed=True)
             if "user" in changes and getattr(changes["user"], "pk", changes["user"]) != token.user_id:
                 raise FieldConflict("user", OWNER_FIXED)
             intent = changes.get("intent", token.intent)
@@ -272,17 +336,20 @@ def delete_object_permissions(token_pks: Collection[uuid.UUID]) -> None:
     GroupObjectPermission.objects.filter(object_pk__in=object_pks, **token_type).delete()
 
 
-def token_delete(*, token_pk: uuid.UUID, actor: User, request_meta: RequestMeta) -> None:
+def token_delete(*, token_pk: uuid.UUID, actor: User, request_meta: RequestMeta, authorize: bool = False) -> None:
     """Delete the token ``token_pk`` with its object permissions, and audit it, atomically.
 
     Locks the row first, so a concurrent update or ``set_key`` either finishes before or finds no
     token. Writes one ``model_deleted`` event (the token summary, never the key) in the same
-    transaction. Raises ``ObjectNotFound`` when the token is already gone.
+    transaction. Raises ``ObjectNotFound`` when the token is already gone. With ``authorize`` (the API),
+    the owner-or-``delete_token`` rule is decided on the locked row (``PermissionDenied``).
     """
     with transaction.atomic():
         token = Token.objects.select_for_update().filter(pk=token_pk).first()
         if token is None:
             raise ObjectNotFound
+        if authorize:
+            _authorize(actor, "delete_token", token, owner_allowed=True)
         summary = model_summary(token)
         delete_object_permissions([token.pk])
         token.delete()
@@ -298,13 +365,20 @@ def token_delete(*, token_pk: uuid.UUID, actor: User, request_meta: RequestMeta)
 def token_view_key(*, token_identifier: str, actor: User, request_meta: RequestMeta) -> str:
     """Return the key of the token ``token_identifier`` after writing its ``secret_view`` event.
 
-    The event (actor, client IP, token summary under ``secret`` as authentik records it; never the key)
-    is committed before the key is returned, so no key leaves without its audit record. Raises
-    ``ObjectNotFound`` for an unknown or expired token. The caller checks ``view_token_key`` first.
+    Locks the row by its identifier and decides on that row: ``authentik_core.view_token_key`` held by
+    ``actor`` (superuser, globally, or on this row's pk), and the token not expired. The event (actor,
+    client IP, token summary under ``secret`` as authentik records it; never the key) is committed
+    before the key is returned, so no key leaves without its audit record, and the key returned is the
+    one of the row the decision was taken on. Raises ``PermissionDenied`` and ``ObjectNotFound`` as
+    ``token_set_key`` does.
     """
     with transaction.atomic():
-        token = Token.objects.filter(identifier=token_identifier).first()
-        if token is None or token.is_expired:
+        token = _locked_token(identifier=token_identifier)
+        if token is None:
+            _refuse_unknown(actor, "view_token_key")
+        assert token is not None
+        _authorize(actor, "view_token_key", token)
+        if token.expired:  # type: ignore[attr-defined]  # annotated by _locked_token
             raise ObjectNotFound
         event_create(
             action=EventAction.SECRET_VIEW,
@@ -330,7 +404,7 @@ def tokens_delete_expired(*, now: datetime, batch_size: int, request_meta: Reque
         with transaction.atomic():
             batch = list(
                 Token.objects.select_for_update(skip_locked=True)
-                .filter(expiring=True, expires__lte=now)
+                .expired(now)
                 .exclude(intent=TokenIntents.API)
                 .only("token_uuid", "identifier")
                 .order_by("expires", "pk")[:batch_size]

@@ -25,6 +25,29 @@ def model_summary(instance: models.Model) -> dict[str, Any]:
     }
 
 
+def event_values(
+    *,
+    action: EventAction,
+    actor: Any,
+    request_meta: RequestMeta,
+    app: str,
+    context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The column values of one event (all but its uuid and timestamps, which the row gets by default).
+
+    ``event_create`` inserts them through the ORM; ``core.fastpath`` binds the same values into its SQL
+    statement, so both write the same event. ``context`` must already be free of secrets; the request
+    summary is added here.
+    """
+    return {
+        "action": action,
+        "app": app,
+        "user": actor_snapshot(actor),
+        "client_ip": request_meta.client_ip,
+        "context": {**(context or {}), "http_request": request_meta.as_context()},
+    }
+
+
 def event_create(
     *,
     action: EventAction,
@@ -38,9 +61,5 @@ def event_create(
     ``context`` must already be free of secrets; the request summary is added here.
     """
     return Event.objects.create(
-        action=action,
-        app=app,
-        user=actor_snapshot(actor),
-        client_ip=request_meta.client_ip,
-        context={**(context or {}), "http_request": request_meta.as_context()},
+        **event_values(action=action, actor=actor, request_meta=request_meta, app=app, context=context)
     )

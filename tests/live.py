@@ -148,6 +148,7 @@ def start_server(log_path: Path, extra_env: dict[str, str] | None = None, worker
         # tests sharing the session server cannot throttle one another; no Redis from the caller's env.
         "THROTTLE_AUTH_FAILURES": "off",
         "THROTTLE_SET_KEY": "off",
+        "THROTTLE_KEY_COLLISIONS": "off",
         "REDIS_URL": "",
         **(extra_env or {}),
     }

@@ -84,7 +84,10 @@ def snapshot() -> tuple[Any, ...]:
             "identifier", "key_digest", "intent", "user_id", "description", "expires", "expiring", "managed"
         )
     )
-    events = tuple(Event.objects.order_by("event_uuid").values_list("event_uuid", "action"))
+    # A refused key collision is audited (suspicious_request): a record of the refusal, not a change.
+    events = tuple(
+        Event.objects.exclude(action="suspicious_request").order_by("event_uuid").values_list("event_uuid", "action")
+    )
     return tokens, events, User.objects.count()
 
 

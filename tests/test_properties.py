@@ -235,6 +235,9 @@ def test_any_accepted_key_round_trips_through_a_real_authorization_header(
 ) -> None:
     admin, target = seeded
     assume(key != admin.key)
+    # Hypothesis also draws string constants from the project's source, such as "model_updated": as a
+    # key, the leak check would then find it in every event's action. Such words are not secrets.
+    assume(not re.fullmatch(r"[a-z_]+", key))
     previous = Token.objects.get(pk=target.pk).key
     events = Event.objects.count()
     response = raw_post(live, b"Bearer " + admin.key.encode(), json.dumps({"key": key}).encode())

@@ -456,6 +456,21 @@ def test_non_superuser_cannot_create_for_another_user(make_user, client_of):
     assert Event.objects.count() == 0
 
 
+def test_another_users_pk_and_an_unknown_pk_get_the_same_answer(make_user, client_of):
+    """No user-existence oracle for non-superusers: another user's pk and a pk nobody has are one 400."""
+    alice, bob = make_user(), make_user()
+    client = client_of(alice)
+    answers = [
+        client.post(token_url("list"), {"identifier": "probe", "user": pk}, format="json")
+        for pk in (bob.pk, bob.pk + 100000)
+    ]
+    assert [response.status_code for response in answers] == [400, 400]
+    assert answers[0].json() == answers[1].json() == {"user": ["You can only create tokens for yourself."]}
+    assert not Token.objects.filter(identifier="probe").exists()
+    # The caller's own pk still works.
+    assert client.post(token_url("list"), {"identifier": "mine", "user": alice.pk}, format="json").status_code == 201
+
+
 def test_global_add_token_does_not_allow_creating_for_others(make_user, client_of):
     alice = make_user(perms=("authentik_core.add_token",))
     bob = make_user()

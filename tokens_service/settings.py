@@ -227,6 +227,10 @@ CACHES = {
 # caller is far above what a rotation job needs.
 THROTTLE_AUTH_FAILURES = env_rate("THROTTLE_AUTH_FAILURES", "600/min")
 THROTTLE_SET_KEY = env_rate("THROTTLE_SET_KEY", "6000/min")
+# A key that collides with another token's key is a guess that hit: low on purpose (per caller and per address).
+THROTTLE_KEY_COLLISIONS = env_rate("THROTTLE_KEY_COLLISIONS", "5/min")
+# Hand-written SQL for the hot paths on PostgreSQL (core.fastpath); off runs the ORM contract path.
+TOKENS_FAST_PATH = env_bool("TOKENS_FAST_PATH", default=True)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -250,7 +254,11 @@ REST_FRAMEWORK = {
     # Failed bearer authentications are counted by the authenticator itself (per client IP); this
     # class limits viewset actions per caller, for the actions named in the rates below.
     "DEFAULT_THROTTLE_CLASSES": ["tokens_service.throttling.UserActionThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"auth_failures": THROTTLE_AUTH_FAILURES, "set_key": THROTTLE_SET_KEY},
+    "DEFAULT_THROTTLE_RATES": {
+        "auth_failures": THROTTLE_AUTH_FAILURES,
+        "set_key": THROTTLE_SET_KEY,
+        "key_collisions": THROTTLE_KEY_COLLISIONS,
+    },
 }
 
 SPECTACULAR_SETTINGS = {

@@ -180,3 +180,46 @@ class UserActionThrottle(SlidingWindowThrottle):
         if not getattr(user, "is_authenticated", False):
             return None  # anonymous callers never reach an action that has a rate; nothing to count
         return self.cache_format % {"scope": self.scope, "ident": user.pk}
+
+
+class KeyCollisionThrottle(SlidingWindowThrottle):
+    """Keys that collided with another token's key, per caller and per client address.
+
+    A ``set_key`` or create whose key another token holds tells the caller that some token has that
+    key: it is a guess that hit, so it is counted like a failed authentication. ``record`` counts it
+    three times: against the caller, against the client address (both with the low ``key_collisions``
+    rate) and as a failed authentication of the address (``FailedAuthenticationThrottle``). ``check``,
+    called by ``set_key`` and create before the body is read, refuses with 429 while the caller or the
+    address is over the rate.
+    """
+
+    scope = "key_collisions"
+
+    def get_rate(self) -> str | None:
+        # A rates setting without this scope (an older override) leaves the limit off rather than failing.
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        return None if rate is None else str(rate)
+
+    def get_cache_key(self, request: Any, view: Any = None) -> str:
+        return self._keys(request)[0]
+
+    def _keys(self, request: Any) -> list[str]:
+        keys = [self.cache_format % {"scope": self.scope, "ident": f"ip:{client_network(client_ip(request.META))}"}]
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            keys.append(self.cache_format % {"scope": self.scope, "ident": f"user:{user.pk}"})
+        return keys
+
+    def check(self, request: Any) -> None:
+        """Raise ``Throttled`` (429 with Retry-After) when this caller or this address collided too often."""
+        if self.rate is None:
+            return
+        for key in self._keys(request):
+            if self.exceeded(key):
+                raise Throttled(wait=self.wait())
+
+    def record(self, request: Any) -> None:
+        if self.rate is not None:
+            for key in self._keys(request):
+                self.hit(key)
+        FailedAuthenticationThrottle().record_failure(request)
