@@ -105,7 +105,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Only the service's user may read the database directory (keys are stored in the database).
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Fail fast instead of hanging a worker: the timeouts are turned into 503 answers. A transaction
     # left idle (a frozen or partitioned worker holding a token's row lock) is ended by the server.
