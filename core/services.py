@@ -13,9 +13,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from guardian.models import GroupObjectPermission, UserObjectPermission
-from guardian.shortcuts import assign_perm
 
 from core.models import Token, TokenIntents, User, key_digest
+from core.object_permissions import token_perm_grant
 from events.models import Event, EventAction
 from events.services import actor_snapshot, event_create, model_summary
 from events.utils import RequestMeta
@@ -183,7 +183,7 @@ def token_create(
         with transaction.atomic():
             token.save(force_insert=True)
             for codename in owner_permissions:
-                assign_perm(f"authentik_core.{codename}", user, token)
+                token_perm_grant(token=token, codename=codename, grantee=user, actor=actor, request_meta=request_meta)
             event_create(
                 action=EventAction.MODEL_CREATED,
                 actor=actor,
