@@ -35,6 +35,7 @@ from core.object_permissions import (
 )
 from core.selectors import user_has_token_perm
 from core.services import API_INTENTS, token_create, token_delete, token_set_key, token_update
+from core.signals import deleting_as
 from events.utils import RequestMeta, request_meta
 from tokens_service.errors import FieldConflict, ObjectNotFound
 
@@ -62,6 +63,19 @@ class UserAdmin(DjangoUserAdmin):
             {"fields": ("name", "type", "path", "attributes", "uuid", "password_change_date", "last_updated")},
         ),
     )
+
+    # Deleting users deletes their tokens through token_delete (core.signals); these record who did it.
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        with deleting_as(_staff(request), request_meta(request)):
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        with deleting_as(_staff(request), request_meta(request)):
+            super().delete_queryset(request, queryset)
+
+
+def _staff(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
 
 
 @admin.register(Token)
