@@ -25,6 +25,7 @@ from django.urls import URLPattern, path, reverse, reverse_lazy
 from guardian.admin import GuardedModelAdmin
 from guardian.forms import GroupObjectPermissionsForm
 
+from core.admin_login import ThrottledAdminAuthenticationForm
 from core.forms import TOKEN_ADMIN_FIELDS, TokenAdminForm, TokenSetKeyForm
 from core.models import Token, TokenIntents, User
 from core.object_permissions import (
@@ -43,6 +44,8 @@ SECRET_FIELDS = ("key", "key_digest")
 SET_KEY_PERMISSION = "set_token_key"
 
 admin.site.site_header = "tokens-service administration"
+# Rate-limited and audited logins (core/admin_login.py).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 admin.site.site_title = "tokens-service admin"
 # "View site" leads to the API documentation: the service has no other pages for people.
 admin.site.site_url = cast(str, reverse_lazy("schema-swagger-ui"))  # resolved when a page is rendered

@@ -253,6 +253,12 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["tokens_service.throttling.UserActionThrottle"],
     "DEFAULT_THROTTLE_RATES": {"auth_failures": THROTTLE_AUTH_FAILURES, "set_key": THROTTLE_SET_KEY},
 }
+# Failed admin logins (core/admin_login.py): passwords can be guessed, so these are tight.
+THROTTLE_ADMIN_LOGIN_ADDRESS = env_rate("THROTTLE_ADMIN_LOGIN_ADDRESS", "20/min")
+THROTTLE_ADMIN_LOGIN_USERNAME = env_rate("THROTTLE_ADMIN_LOGIN_USERNAME", "5/min")
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"].update(  # type: ignore[attr-defined]
+    {"admin_login_address": THROTTLE_ADMIN_LOGIN_ADDRESS, "admin_login_username": THROTTLE_ADMIN_LOGIN_USERNAME}
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "tokens-service",
