@@ -186,6 +186,9 @@ X_FRAME_OPTIONS = "DENY"
 
 # Request bodies: a key is at most 1024 characters, so nothing legitimate is close to this.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 64 * 1024)
+# A request body must arrive completely within this many seconds, or the answer is 408 and the connection
+# is closed (tokens_service.wsgi_hardening): a client trickling its body holds a server thread no longer.
+REQUEST_BODY_TIMEOUT = env_int("REQUEST_BODY_TIMEOUT", 10)
 
 # Client IP: the socket peer, unless it is one of these proxies (SPEC section 6).
 TRUSTED_PROXY_CIDRS = [ipaddress.ip_network(cidr, strict=False) for cidr in env_list("TRUSTED_PROXY_CIDRS")]
