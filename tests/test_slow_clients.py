@@ -3,14 +3,19 @@ fifty connections trickling request bodies do not keep a health check or a set_k
 a body that never completes is answered 408 once REQUEST_BODY_TIMEOUT has passed."""
 
 import json
+import re
+import shutil
 import socket
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from core.models import Token, generate_key
-from tests.live import LiveServer, parse_raw_response, start_server
+from tests.live import ROOT, LiveServer, free_port, parse_raw_response, start_server
 
 SLOW_CLIENTS = 50
 FAILSAFE_TIMEOUT = 30  # seconds: only so that a broken server fails the test instead of hanging it
@@ -52,8 +57,21 @@ def still_waiting(sock: socket.socket) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 def test_fifty_slow_bodies_do_not_stall_health_checks_or_set_key(slow_body_server, admin_token, make_token, superuser):
-    server = slow_body_server
-    target = make_token(superuser)
+
+    def app_holds_the_slow_connections() -> None:
+        if Path("/proc/net/tcp").exists():
+            assert established_connections_to(slow_body_server.port) >= SLOW_CLIENTS
+
+    assert_slow_bodies_do_not_stall(
+        slow_body_server, admin_token, make_token(superuser), app_holds_the_slow_connections
+    )
+
+
+def assert_slow_bodies_do_not_stall(
+    server: LiveServer, admin_token: Token, target: Token, while_waiting: Callable[[], None] = lambda: None
+) -> None:
+    """Fifty slow requests to ``server``, then a health check and a set_key that must be answered while the
+    slow ones are all unfinished; ``while_waiting`` runs at that point too."""
     body = json.dumps({"key": generate_key()}).encode()
     slow: list[socket.socket] = []
     try:
@@ -78,6 +96,7 @@ def test_fifty_slow_bodies_do_not_stall_health_checks_or_set_key(slow_body_serve
         assert all(still_waiting(sock) for sock in slow)
         assert (live.status_code, ready.status_code, rotated.status_code) == (200, 200, 204)
         assert Token.objects.get(pk=target.pk).key == new_key
+        while_waiting()
 
         # The slow requests are served normally once their bodies are complete (bad credentials: 403).
         for sock in slow[:3]:
@@ -121,3 +140,79 @@ def test_a_body_that_never_completes_is_answered_408_and_closed(tmp_path):
             assert sock.recv(1) == b""  # closed: the rest of the body is never read as a request
     finally:
         server.stop()
+
+
+HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+
+
+def balancer_config(lb_port: int, app_port: int) -> str:
+    """deploy/haproxy.cfg as it is, pointed at one local app server instead of Docker's DNS."""
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    config = re.sub(r"(?ms)^resolvers docker\n.*?(?=^\S|\Z)", "", config)
+    config = config.replace("bind :8080", f"bind 127.0.0.1:{lb_port}")
+    config, replaced = re.subn(
+        r"(?m)^\s*server-template .*$", f"    server app1 127.0.0.1:{app_port} check inter 1s", config
+    )
+    assert replaced == 1
+    return config
+
+
+@pytest.fixture
+def balancer(slow_body_server, tmp_path) -> Iterator[LiveServer]:
+    assert HAPROXY is not None
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(balancer_config(port, slow_body_server.port))
+    log_path = tmp_path / "haproxy.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # fixed argv: the system's haproxy with the project's configuration
+            [HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    server = LiveServer(host="127.0.0.1", port=port, log_path=log_path, process=process)
+    deadline = time.monotonic() + FAILSAFE_TIMEOUT
+    try:
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            try:
+                if requests.get(f"{server.url}/-/health/live/", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(HAPROXY is None or not Path("/proc/net/tcp").exists(), reason="needs haproxy and /proc")
+@pytest.mark.django_db(transaction=True)
+def test_the_balancer_buffers_slow_bodies(balancer, slow_body_server, admin_token, make_token, superuser):
+    """Behind deploy/haproxy.cfg the same fifty slow clients never even reach the app."""
+
+    def app_connections_are_few() -> None:
+        # The unfinished requests are held by the balancer: it has not opened a connection to the app for
+        # them (only its health checks and the fast requests' connections, a handful at most).
+        assert established_connections_to(slow_body_server.port) < 10
+
+    assert_slow_bodies_do_not_stall(balancer, admin_token, make_token(superuser), app_connections_are_few)
+
+
+def established_connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections whose local port is ``port`` (the server's side), from /proc/net/tcp*."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                count += 1
+    return count
+
+
+def test_balancer_configuration_is_valid(tmp_path):
+    if HAPROXY is None:
+        pytest.skip("haproxy is not installed")
+    result = subprocess.run(  # fixed argv
+        [HAPROXY, "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
