@@ -32,8 +32,11 @@ system-packages:
 # Serve the API with gunicorn: SQLite in var/ by default, PostgreSQL when DATABASE_URL is set.
 run: $(STAMP)
 	@mkdir -p var
+	@# Local files: var/ is 0700; the database, its journals and everything else the server creates are 0600.
+	@chmod 700 var; for f in var/*.sqlite3 var/*.sqlite3-*; do [ ! -e "$$f" ] || chmod 600 "$$f"; done
 	@test -s var/secret_key || (umask 077; $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key)
-	@export DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat var/secret_key)}" DJANGO_SECURE_SSL="$${DJANGO_SECURE_SSL:-0}"; \
+	@umask 077; \
+	export DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat var/secret_key)}" DJANGO_SECURE_SSL="$${DJANGO_SECURE_SSL:-0}"; \
 	set -e; \
 	$(BIN)/python manage.py migrate --noinput -v 0; \
 	$(BIN)/python manage.py collectstatic --noinput -v 0; \

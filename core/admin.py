@@ -2,7 +2,9 @@
 
 Token writes go through the API's services: ``token_create`` (random key), ``token_update`` (changed fields
 only), ``token_delete`` (with its object permissions) and ``token_set_key`` (the "Set key" page), so the
-admin writes the same audit events, under the same rules, as the API.
+admin writes the same audit events, under the same rules, as the API. django-guardian's object-permission
+pages are open only to superusers and holders of ``authentik_core.manage_token_permissions``, and save
+through ``core.object_permissions`` (one audit event per grant or revocation).
 """
 
 import uuid
@@ -11,21 +13,32 @@ from typing import Any, cast
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.db.models.constants import LOOKUP_SEP
-from django.forms import ChoiceField, ModelForm
+from django.forms import ChoiceField, Form, ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse, reverse_lazy
 from guardian.admin import GuardedModelAdmin
+from guardian.forms import GroupObjectPermissionsForm
 from rest_framework.exceptions import Throttled
 
+from core.admin_login import ThrottledAdminAuthenticationForm
 from core.forms import TOKEN_ADMIN_FIELDS, TokenAdminForm, TokenSetKeyForm
 from core.models import Token, TokenIntents, User
+from core.object_permissions import (
+    MANAGE_PERMISSION_CODENAME,
+    can_manage_token_permissions,
+    token_perm_grant,
+    token_perm_revoke,
+)
 from core.selectors import user_has_token_perm
 from core.services import API_INTENTS, KeyInUse, token_create, token_delete, token_set_key, token_update
-from events.utils import request_meta
+from core.signals import deleting_as
+from events.utils import RequestMeta, request_meta
 from tokens_service.errors import FieldConflict, ObjectNotFound
 from tokens_service.throttling import KeyCollisionThrottle
 
@@ -33,6 +46,8 @@ SECRET_FIELDS = ("key", "key_digest")
 SET_KEY_PERMISSION = "set_token_key"
 
 admin.site.site_header = "tokens-service administration"
+# Rate-limited and audited logins (core/admin_login.py).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 admin.site.site_title = "tokens-service admin"
 # "View site" leads to the API documentation: the service has no other pages for people.
 admin.site.site_url = cast(str, reverse_lazy("schema-swagger-ui"))  # resolved when a page is rendered
@@ -53,6 +68,19 @@ class UserAdmin(DjangoUserAdmin):
             {"fields": ("name", "type", "path", "attributes", "uuid", "password_change_date", "last_updated")},
         ),
     )
+
+    # Deleting users deletes their tokens through token_delete (core.signals); these record who did it.
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        with deleting_as(_staff(request), request_meta(request)):
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        with deleting_as(_staff(request), request_meta(request)):
+            super().delete_queryset(request, queryset)
+
+
+def _staff(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
 
 
 @admin.register(Token)
@@ -179,6 +207,43 @@ class TokenAdmin(GuardedModelAdmin):
             except ObjectNotFound:
                 continue  # deleted concurrently: the goal is reached
 
+    # --- django-guardian's object-permission pages -----------------------------------------------------
+    # guardian admits anyone with change_token and redirects the others; here only superusers and holders
+    # of the global manage_token_permissions get in (403 otherwise, for GET and POST alike), and every
+    # grant and revocation goes through core.object_permissions, which audits it.
+
+    def _require_permission_manager(self, request: HttpRequest) -> None:
+        if not can_manage_token_permissions(request.user):
+            raise PermissionDenied
+
+    def _token_gone(self, request: HttpRequest) -> HttpResponse:
+        self.message_user(request, "Not saved: the token was deleted meanwhile.", messages.ERROR)
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:index", current_app=self.admin_site.name))
+
+    def obj_perms_manage_view(self, request: HttpRequest, object_pk: str) -> HttpResponse:
+        self._require_permission_manager(request)
+        return super().obj_perms_manage_view(request, object_pk)  # type: ignore[no-any-return]
+
+    def obj_perms_manage_user_view(self, request: HttpRequest, object_pk: str, user_id: str) -> HttpResponse:
+        self._require_permission_manager(request)
+        try:
+            return super().obj_perms_manage_user_view(request, object_pk, user_id)  # type: ignore[no-any-return]
+        except ObjectNotFound:
+            return self._token_gone(request)
+
+    def obj_perms_manage_group_view(self, request: HttpRequest, object_pk: str, group_id: str) -> HttpResponse:
+        self._require_permission_manager(request)
+        try:
+            return super().obj_perms_manage_group_view(request, object_pk, group_id)  # type: ignore[no-any-return]
+        except ObjectNotFound:
+            return self._token_gone(request)
+
+    def get_obj_perms_manage_user_form(self, request: HttpRequest) -> type[Form]:
+        return _audited_permissions_form(super().get_obj_perms_manage_user_form(request), request)
+
+    def get_obj_perms_manage_group_form(self, request: HttpRequest) -> type[Form]:
+        return _audited_permissions_form(super().get_obj_perms_manage_group_form(request), request)
+
     def render_change_form(
         self,
         request: HttpRequest,
@@ -192,6 +257,7 @@ class TokenAdmin(GuardedModelAdmin):
         context["show_set_key"] = (
             obj is not None and isinstance(user, User) and user_has_token_perm(user, SET_KEY_PERMISSION, obj.identifier)
         )
+        context["show_object_permissions"] = obj is not None and can_manage_token_permissions(user)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def set_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -252,3 +318,34 @@ class TokenAdmin(GuardedModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.set_key_template, context)
+
+
+def _audited_permissions_form(base: type[Form], request: HttpRequest) -> type[Form]:
+    """guardian's user or group object-permission form, saving through the audited services.
+
+    Only the permissions whose box changed are granted or revoked (one event each), all in one
+    transaction. ``manage_token_permissions`` is global by nature and is not offered per token.
+    """
+    actor = request.user if isinstance(request.user, User) else None
+    meta: RequestMeta = request_meta(request)
+
+    def get_obj_perms_field_choices(form: Any) -> list[tuple[str, str]]:
+        choices = base.get_obj_perms_field_choices(form)  # type: ignore[attr-defined]
+        return [(codename, name) for codename, name in choices if codename != MANAGE_PERMISSION_CODENAME]
+
+    def save_obj_perms(form: Any) -> None:
+        grantee: User | Group = form.group if isinstance(form, GroupObjectPermissionsForm) else form.user
+        selected = set(form.cleaned_data[form.get_obj_perms_field_name()])
+        offered = {codename for codename, _ in form.get_obj_perms_field_choices()}
+        held = set(form.get_obj_perms_field_initial())
+        with transaction.atomic():
+            for codename in sorted((offered - selected) & held):
+                token_perm_revoke(token=form.obj, codename=codename, grantee=grantee, actor=actor, request_meta=meta)
+            for codename in sorted((selected & offered) - held):
+                token_perm_grant(token=form.obj, codename=codename, grantee=grantee, actor=actor, request_meta=meta)
+
+    return type(
+        f"Audited{base.__name__}",
+        (base,),
+        {"get_obj_perms_field_choices": get_obj_perms_field_choices, "save_obj_perms": save_obj_perms},
+    )

@@ -125,6 +125,8 @@ class Token(models.Model):
         permissions = [
             ("view_token_key", "View token's key"),
             ("set_token_key", "Set a token's key"),
+            # Global only: who may grant and revoke per-token permissions in the admin (besides superusers).
+            ("manage_token_permissions", "Manage object permissions on tokens"),
         ]
         indexes = [models.Index(fields=["expires"], name="token_expires_idx")]
 

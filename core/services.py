@@ -21,10 +21,10 @@ from django.db.models import BooleanField, ExpressionWrapper
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from guardian.models import GroupObjectPermission, UserObjectPermission
-from guardian.shortcuts import assign_perm
 
 from core import fastpath
 from core.models import Token, TokenIntents, User, key_digest
+from core.object_permissions import token_perm_grant
 from core.selectors import user_has_global_perm, user_has_token_perm_on_pk
 from events.models import EventAction
 from events.services import event_create, model_summary
@@ -239,7 +239,7 @@ def token_create(
         with transaction.atomic():
             token.save(force_insert=True)
             for codename in owner_permissions:
-                assign_perm(f"authentik_core.{codename}", user, token)
+                token_perm_grant(token=token, codename=codename, grantee=user, actor=actor, request_meta=request_meta)
             event_create(
                 action=EventAction.MODEL_CREATED,
                 actor=actor,

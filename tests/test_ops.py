@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.db import InterfaceError, OperationalError
+from django.db import DataError, IntegrityError, InterfaceError, InternalError, OperationalError, ProgrammingError
 from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 from core.models import generate_key
 from events.models import Event
 from events.utils import client_ip
+from tests.conftest import requires_postgres
 from tests.live import ROOT
 
 SECURITY_HEADERS = {
@@ -255,6 +256,96 @@ def test_other_errors_are_a_500_json_not_a_page(bearer, admin_token, monkeypatch
     assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
 
 
+# --- other database errors are bugs: a logged 500, never a 503 ---------------------------------------
+
+DATABASE_BUGS = [
+    pytest.param(IntegrityError, id="integrity"),
+    pytest.param(DataError, id="data"),
+    pytest.param(ProgrammingError, id="programming"),
+    pytest.param(InternalError, id="internal"),
+]
+
+
+def _database_bug(error: type[Exception], secret: str) -> Exception:
+    # Drivers quote statement parameters in their messages; the message must reach neither log nor body.
+    exc = error(f"value violates something: DETAIL (key)=({secret})")
+    exc.__cause__ = RuntimeError(secret)
+    return exc
+
+
+def assert_server_error(response: Any, caplog: pytest.LogCaptureFixture, error: type[Exception], secret: str) -> None:
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
+    assert "Retry-After" not in response.headers
+    logged = [record for record in caplog.records if record.getMessage() == f"database error: {error.__name__}"]
+    assert len(logged) == 1
+    assert logged[0].levelname == "ERROR"
+    assert logged[0].db_error == error.__name__  # type: ignore[attr-defined]
+    for record in caplog.records:
+        assert secret not in record.getMessage()
+        assert secret not in repr(vars(record))
+    assert secret not in response.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("error", DATABASE_BUGS)
+def test_database_bug_inside_an_api_view_is_a_logged_500(bearer, admin_token, monkeypatch, caplog, error):
+    secret = generate_key()
+    monkeypatch.setattr("core.api.token_set_key", _raise(_database_bug(error, secret)))
+    api = bearer(admin_token)
+    api.raise_request_exception = False
+    response = api.post(set_key_url("x"), {"key": generate_key()})
+    assert_server_error(response, caplog, error, secret)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("error", DATABASE_BUGS)
+def test_database_bug_in_a_django_view_is_a_logged_500(client, monkeypatch, caplog, error):
+    secret = generate_key()
+    monkeypatch.setattr(SessionStore, "load", _raise(_database_bug(error, secret)))
+    client.raise_request_exception = False
+    client.cookies["sessionid"] = "x" * 32
+    assert_server_error(client.get("/admin/"), caplog, error, secret)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "error",
+    [pytest.param(OperationalError, id="operational"), pytest.param(InterfaceError, id="interface")],
+)
+def test_only_connection_level_errors_are_503_in_a_django_view(client, monkeypatch, error):
+    monkeypatch.setattr(SessionStore, "load", _raise(error("server closed the connection")))
+    client.cookies["sessionid"] = "x" * 32
+    assert_service_unavailable(client.get("/admin/"))
+
+
+@requires_postgres
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("sql", "status"),
+    [
+        pytest.param("SELECT 1/0", 500, id="division-by-zero-data-error"),
+        pytest.param("SELECT * FROM no_such_table", 500, id="undefined-table-programming-error"),
+        pytest.param("SET LOCAL statement_timeout = 1; SELECT pg_sleep(1)", 503, id="statement-timeout"),
+    ],
+)
+def test_real_postgresql_errors_map_by_class(bearer, admin_token, monkeypatch, sql, status):
+    from django.db import connection
+
+    def run_sql(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            for statement in sql.split("; "):
+                cursor.execute(statement)
+
+    monkeypatch.setattr("core.api.token_set_key", run_sql)
+    api = bearer(admin_token)
+    api.raise_request_exception = False
+    response = api.post(set_key_url("x"), {"key": generate_key()})
+    assert response.status_code == status
+    assert response.json()["code"] == {500: "server_error", 503: SERVICE_UNAVAILABLE}[status]
+
+
 # --- manage.py check --deploy ----------------------------------------------------------------------
 
 PRODUCTION_ENV = {
@@ -323,7 +414,9 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
 def test_gunicorn_defaults_outlast_the_database_timeouts(monkeypatch, settings):
     conf = gunicorn_conf(monkeypatch)
     assert conf["workers"] >= 2
-    assert conf["threads"] == 1
+    # Threaded workers with room for many slow clients (tests/test_slow_clients.py).
+    assert conf["worker_class"] == "gthread"
+    assert conf["threads"] == 64
     assert conf["accesslog"] is None  # the app writes the request log
     assert conf["forwarded_allow_ips"] == ""  # TRUSTED_PROXY_CIDRS decides, not gunicorn
     assert conf["control_socket_disable"] is True

@@ -408,7 +408,9 @@ def test_create_writes_one_model_created_event(make_user, client_of):
         token_url("list", mount="v3"), {"identifier": "evented"}, format="json", REMOTE_ADDR="203.0.113.9"
     )
     token = Token.objects.get(identifier="evented")
-    (event,) = Event.objects.all()
+    # Plus the audited grant of view_token_key to the owner (core.object_permissions).
+    assert sorted(Event.objects.values_list("action", flat=True)) == ["model_created", "model_updated"]
+    (event,) = Event.objects.filter(action="model_created")
     assert event.action == "model_created"
     assert event.app == "authentik_core"
     assert event.user == {"pk": alice.pk, "username": alice.username, "email": alice.email}
@@ -485,7 +487,12 @@ def test_superuser_creates_for_another_user_who_gets_view_token_key(bearer, admi
     token = Token.objects.get(identifier="for-bob")
     assert token.user == bob
     assert get_perms(bob, token) == ["view_token_key"]
-    assert Event.objects.get().user["username"] == "root"
+    assert Event.objects.get(action="model_created").user["username"] == "root"
+    grant = Event.objects.get(action="model_updated")
+    assert grant.user["username"] == "root"
+    assert grant.context["permission"] == "authentik_core.view_token_key"
+    assert grant.context["grantee"] == {"type": "user", "pk": bob.pk, "username": bob.username}
+    assert grant.context["granted"] is True
 
 
 @pytest.mark.parametrize("intent", ["verification", "recovery", "bogus"])
@@ -1129,7 +1136,7 @@ def test_no_key_in_any_event_log_line_or_response_but_view_key(bearer, make_user
     )
     for secret in (life_key, caller_token.key):
         assert secret not in everything
-    assert Event.objects.count() == 5  # created, updated, updated, secret_view, deleted
+    assert Event.objects.count() == 6  # created, view_token_key granted, updated, updated, secret_view, deleted
 
 
 def test_key_of_every_token_never_in_event_list(bearer, admin_token, make_token, make_user):

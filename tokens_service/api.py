@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from tokens_service.errors import FieldConflict, ObjectNotFound
+from tokens_service.middleware import DATABASE_UNAVAILABLE, SERVER_ERROR_DETAIL, log_database_bug
 
 
 class DuplicateMemberError(ValueError):
@@ -149,10 +150,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = UnsupportedMediaType()
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
-    elif isinstance(exc, (OperationalError, DatabaseError)):
-        # Down, locked past lock_timeout or past statement_timeout: tell the client to retry.
-        # The database message is not passed on; it can quote parameters.
+    elif isinstance(exc, DATABASE_UNAVAILABLE):
+        # Down, unreachable, locked past lock_timeout or past statement_timeout: tell the client to
+        # retry. The database message is not passed on; it can quote parameters.
         exc = ServiceUnavailable()
+    elif isinstance(exc, DatabaseError):
+        # Integrity, data, programming or internal errors are bugs, not outages: a logged 500.
+        log_database_bug(exc)
+        return Response(error_body(SERVER_ERROR_DETAIL, "server_error"), status=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     response = drf_exception_handler(exc, context)
     if response is None:

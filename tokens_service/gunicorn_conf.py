@@ -18,10 +18,16 @@ def _int(name: str, default: int) -> int:
 
 # A command-line --bind (as `make run` and the tests pass) takes precedence over this.
 bind = [os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")]
-# Sync workers, one request at a time each: one database connection per worker, no thread-safety
-# questions. GUNICORN_THREADS > 1 switches to gthread (then consider DB_POOL_MAX_SIZE).
 workers = _int("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count()))
-threads = _int("GUNICORN_THREADS", 1)
+# Threaded workers, so that slow clients cannot stall the server: a sync worker serves one connection at a
+# time, and a client trickling its body (or just its headers) holds the worker until it is done, so a
+# handful of slow connections would stop every other request. gthread waits for a connection's first
+# bytes in its event loop and gives each request a thread of its own; a thread reading a slow body is
+# freed after REQUEST_BODY_TIMEOUT at the latest (tokens_service.wsgi_hardening answers 408). Threads
+# are started only when needed; each keeps its own persistent database connection (README, "Slow
+# clients"). Behind the load balancer, HAProxy buffers whole requests before they reach a replica.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = _int("GUNICORN_THREADS", 64)
 timeout = _int("GUNICORN_TIMEOUT", 30)
 # On SIGTERM, workers finish the requests in flight for up to this long (keep the container's stop
 # grace period longer than this).

@@ -1,11 +1,14 @@
-"""Request-scoped plumbing: a request id on every request and response, and 503s for database outages."""
+"""Request-scoped plumbing: a request id on every request and response, 503s for database outages and
+500s for every other database error."""
 
 import logging
 import re
+import traceback
 import uuid
 from collections.abc import Callable
+from typing import Any
 
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -16,6 +19,7 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Other database errors (integrity, data, programming) are bugs or caller mistakes, not outages.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 SERVICE_UNAVAILABLE_DETAIL = "The database is unavailable or busy; retry shortly."
+SERVER_ERROR_DETAIL = "Internal server error."
 RETRY_AFTER_SECONDS = "2"
 
 logger = logging.getLogger(__name__)
@@ -48,9 +52,40 @@ def service_unavailable(exception: BaseException) -> JsonResponse:
     return response
 
 
+def database_error_summary(exception: BaseException) -> dict[str, Any]:
+    """What may be logged of a database error: its class, SQLSTATE and where it was raised, never its text.
+
+    The driver's message can quote the statement's parameters (a key, a value too long for its column),
+    so neither the message nor a formatted traceback (which repeats it) is logged; the raising frames
+    are listed as ``file:line function`` only.
+    """
+    cause = exception.__cause__
+    frames = traceback.extract_tb(exception.__traceback__)[-8:]
+    return {
+        "db_error": type(exception).__name__,
+        "db_driver_error": type(cause).__name__ if cause is not None else None,
+        "sqlstate": getattr(cause, "sqlstate", None),
+        "raised_at": [f"{frame.filename}:{frame.lineno} {frame.name}" for frame in frames],
+    }
+
+
+def log_database_bug(exception: DatabaseError) -> None:
+    """Log a database error that is not an outage (integrity, data, programming, internal) at ERROR,
+    by class and SQLSTATE only. Such an error is a bug or an unhandled caller mistake, answered 500:
+    a 503 would make it look like an outage that a retry fixes."""
+    logger.error("database error: %s", type(exception).__name__, extra=database_error_summary(exception))
+
+
+def server_error_for_database_bug(exception: DatabaseError) -> JsonResponse:
+    """The logged 500 JSON answer ``{"detail", "code": "server_error"}`` for a database bug."""
+    log_database_bug(exception)
+    return JsonResponse({"detail": SERVER_ERROR_DETAIL, "code": "server_error"}, status=500)
+
+
 class DatabaseUnavailableMiddleware:
     """Answers 503 JSON ``{"detail", "code": "service_unavailable"}`` when a view fails because the
-    database is unavailable, for every view, not only the API (whose exception handler does the same).
+    database is unavailable, for every view, not only the API (whose exception handler does the same);
+    any other database error is a logged 500 JSON ``{"detail", "code": "server_error"}``.
 
     Errors raised by other middleware never reach ``process_exception``; ``views.server_error`` (the
     500 handler) recognises them instead. Every 503 gets a ``Retry-After`` header.
@@ -68,4 +103,6 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, DATABASE_UNAVAILABLE):
             return service_unavailable(exception)
+        if isinstance(exception, DatabaseError):
+            return server_error_for_database_bug(exception)
         return None

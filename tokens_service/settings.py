@@ -105,7 +105,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Only the service's user may read the database directory (keys are stored in the database).
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Fail fast instead of hanging a worker: the timeouts are turned into 503 answers. A transaction
     # left idle (a frozen or partitioned worker holding a token's row lock) is ended by the server.
@@ -185,6 +186,9 @@ X_FRAME_OPTIONS = "DENY"
 
 # Request bodies: a key is at most 1024 characters, so nothing legitimate is close to this.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 64 * 1024)
+# A request body must arrive completely within this many seconds, or the answer is 408 and the connection
+# is closed (tokens_service.wsgi_hardening): a client trickling its body holds a server thread no longer.
+REQUEST_BODY_TIMEOUT = env_int("REQUEST_BODY_TIMEOUT", 10)
 
 # Client IP: the socket peer, unless it is one of these proxies (docs/contract.md, "Audit trail").
 TRUSTED_PROXY_CIDRS = [ipaddress.ip_network(cidr, strict=False) for cidr in env_list("TRUSTED_PROXY_CIDRS")]
@@ -260,6 +264,12 @@ REST_FRAMEWORK = {
         "key_collisions": THROTTLE_KEY_COLLISIONS,
     },
 }
+# Failed admin logins (core/admin_login.py): passwords can be guessed, so these are tight.
+THROTTLE_ADMIN_LOGIN_ADDRESS = env_rate("THROTTLE_ADMIN_LOGIN_ADDRESS", "20/min")
+THROTTLE_ADMIN_LOGIN_USERNAME = env_rate("THROTTLE_ADMIN_LOGIN_USERNAME", "5/min")
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"].update(  # type: ignore[attr-defined]
+    {"admin_login_address": THROTTLE_ADMIN_LOGIN_ADDRESS, "admin_login_username": THROTTLE_ADMIN_LOGIN_USERNAME}
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "tokens-service",

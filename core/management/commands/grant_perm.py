@@ -1,24 +1,34 @@
-"""Grant a token permission to a user or group, globally or on one token."""
+"""Grant a token permission to a user or group, globally or on one token, with its audit event."""
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
-from guardian.shortcuts import assign_perm
+from django.core.management.base import BaseCommand, CommandError
 
 from core.management.commands import _perms
+from core.object_permissions import global_perm_grant, token_perm_grant
+from events.utils import SYSTEM_REQUEST
+from tokens_service.errors import ObjectNotFound
 
 
 class Command(BaseCommand):
-    help = "Grant authentik_core.<permission> to --user or --group, globally or on --token (django-guardian)."
+    help = (
+        "Grant authentik_core.<permission> to --user or --group, globally or on --token (django-guardian). "
+        "Writes one model_updated audit event."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         _perms.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        permission, holder, token = _perms.resolve(options)
+        codename, holder, token = _perms.resolve(options)
         if token is None:
-            _perms.global_permissions(holder).add(permission)
+            global_perm_grant(codename=codename, grantee=holder, actor=None, request_meta=SYSTEM_REQUEST)
         else:
-            assign_perm(permission, holder, token)
+            try:
+                token_perm_grant(
+                    token=token, codename=codename, grantee=holder, actor=None, request_meta=SYSTEM_REQUEST
+                )
+            except ObjectNotFound as exc:
+                raise CommandError("No such token.") from exc
         where = f"on token {token.identifier}" if token else "globally"
-        self.stdout.write(f"Granted {permission.codename} to {holder} {where}.")
+        self.stdout.write(f"Granted {codename} to {holder} {where}.")

@@ -1,24 +1,34 @@
-"""Revoke a token permission from a user or group, globally or on one token."""
+"""Revoke a token permission from a user or group, globally or on one token, with its audit event."""
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
-from guardian.shortcuts import remove_perm
+from django.core.management.base import BaseCommand, CommandError
 
 from core.management.commands import _perms
+from core.object_permissions import global_perm_revoke, token_perm_revoke
+from events.utils import SYSTEM_REQUEST
+from tokens_service.errors import ObjectNotFound
 
 
 class Command(BaseCommand):
-    help = "Revoke authentik_core.<permission> from --user or --group, globally or on --token."
+    help = (
+        "Revoke authentik_core.<permission> from --user or --group, globally or on --token. "
+        "Writes one model_updated audit event."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         _perms.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        permission, holder, token = _perms.resolve(options)
+        codename, holder, token = _perms.resolve(options)
         if token is None:
-            _perms.global_permissions(holder).remove(permission)
+            global_perm_revoke(codename=codename, grantee=holder, actor=None, request_meta=SYSTEM_REQUEST)
         else:
-            remove_perm(permission, holder, token)
+            try:
+                token_perm_revoke(
+                    token=token, codename=codename, grantee=holder, actor=None, request_meta=SYSTEM_REQUEST
+                )
+            except ObjectNotFound as exc:
+                raise CommandError("No such token.") from exc
         where = f"on token {token.identifier}" if token else "globally"
-        self.stdout.write(f"Revoked {permission.codename} from {holder} {where}.")
+        self.stdout.write(f"Revoked {codename} from {holder} {where}.")
