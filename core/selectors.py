@@ -14,7 +14,8 @@ from django.db.models.functions import Cast, Replace
 from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
-from core.models import Token, TokenIntents, User, key_digest
+from core.crypto import key_lookup_digests
+from core.models import Token, TokenIntents, User
 
 # The two selectors every API request runs (bearer lookup, permission check) send SQL written once
 # instead of building a queryset per call: compiling these querysets costs several times more CPU than
@@ -63,13 +64,14 @@ def _from_row(db: BaseDatabaseWrapper, model: type[_M], values: Sequence[Any]) -
 
 
 @functools.cache
-def _bearer_sql(vendor: str) -> str:
+def _bearer_sql(vendor: str, digests: int) -> str:
     token, user = Token._meta.db_table, User._meta.db_table
-    # Only model metadata is formatted into the SQL; values are always parameters.
+    # Only model metadata is formatted into the SQL; values are always parameters. The key's digest under
+    # each configured pepper (and the legacy one): one unique-index lookup however many there are.
     return f"""
 SELECT {_columns(Token, "t")}, {_columns(User, "u")}
 FROM {token} t INNER JOIN {user} u ON u.id = t.user_id
-WHERE t.key_digest = %s AND t.intent = %s AND u.is_active
+WHERE t.key_digest IN ({", ".join(["%s"] * digests)}) AND t.intent = %s AND u.is_active
   AND NOT (t.expiring AND t.expires IS NOT NULL AND t.expires <= %s)"""  # noqa: S608
 
 
@@ -81,11 +83,13 @@ def token_for_bearer_key(key: str) -> Token | None:
     """
     db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once (not through the proxy)
     now = db.ops.adapt_datetimefield_value(timezone.now())
+    digests = key_lookup_digests(key)
     with db.cursor() as cursor:
-        cursor.execute(_bearer_sql(db.vendor), [key_digest(key), TokenIntents.API.value, now])
-        row = cursor.fetchone()
-    if row is None:
+        cursor.execute(_bearer_sql(db.vendor, len(digests)), [*digests, TokenIntents.API.value, now])
+        rows = cursor.fetchmany(2)
+    if len(rows) != 1:  # none, or (only conceivable mid pepper rotation) two tokens with one key: nobody
         return None
+    row = rows[0]
     split = len(Token._meta.concrete_fields)
     token = _from_row(db, Token, row[:split])
     token.user = _from_row(db, User, row[split:])

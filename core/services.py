@@ -15,7 +15,8 @@ from django.utils.crypto import salted_hmac
 from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import assign_perm
 
-from core.models import Token, TokenIntents, User, key_digest
+from core.crypto import encrypt_key
+from core.models import Token, TokenIntents, User, key_digest, key_held_under_older_digest
 from events.models import Event, EventAction
 from events.services import actor_snapshot, event_create, model_summary
 from events.utils import RequestMeta
@@ -73,7 +74,10 @@ def token_set_key(*, token_identifier: str, key: str, actor: User, request_meta:
     another token holds the key. ``key`` must already be validated (``TokenSetKeySerializer``).
     """
     db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once (not through the proxy)
-    update = [key, key_digest(key), token_identifier, db.ops.adapt_datetimefield_value(timezone.now())]
+    # The stored key is ciphertext and its digest peppered (core.crypto): CPU only, no extra statement.
+    update = [encrypt_key(key), key_digest(key), token_identifier, db.ops.adapt_datetimefield_value(timezone.now())]
+    if key_held_under_older_digest(key, exclude_identifier=token_identifier):  # only during a pepper rotation
+        raise FieldConflict("key", KEY_IN_USE)
     try:
         if db.vendor == "postgresql":
             written = _set_key_and_audit_in_one_statement(db, update, token_identifier, key, actor, request_meta)
