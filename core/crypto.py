@@ -129,9 +129,16 @@ def decrypt_key(stored: str) -> str:
 # --- peppered lookup digest --------------------------------------------------------------------------------
 
 
+@functools.cache
+def _keyed_hmac(pepper: bytes) -> "hmac.HMAC":
+    """An HMAC-SHA256 keyed with ``pepper`` and fed nothing yet: copying it skips re-deriving the pads."""
+    return hmac.new(pepper, digestmod=hashlib.sha256)
+
+
 def _peppered(pepper_id: str, pepper: bytes, key: str) -> str:
-    mac = hmac.new(pepper, key.encode("utf-8"), hashlib.sha256).hexdigest()
-    return f"{DIGEST_PREFIX}{pepper_id}${mac}"
+    mac = _keyed_hmac(pepper).copy()
+    mac.update(key.encode("utf-8"))
+    return f"{DIGEST_PREFIX}{pepper_id}${mac.hexdigest()}"
 
 
 def key_digest(key: str) -> str:
