@@ -351,3 +351,24 @@ def test_production_refuses_to_start_without_valid_key_settings(env, message):
 def test_valid_key_settings_start():
     result = _check(TOKEN_KEYS_ENCRYPTION_KEYS=f"b:{VALID},a:{VALID}", TOKEN_KEYS_PEPPERS=f"a:{VALID}")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db
+def test_logs_and_events_never_carry_a_key_its_ciphertext_or_its_digest(superuser, admin_token, bearer, caplog):
+    caplog.set_level("DEBUG")
+    api = bearer(admin_token)
+    assert api.post(reverse("token-list"), {"identifier": "logged"}).status_code == 201
+    generated = api.get(view_key_url("logged")).json()["key"]
+    assert api.post(set_key_url("logged"), {"key": "logged-chosen-key-1"}).status_code == 204
+    assert api.post(set_key_url("logged"), {"key": admin_token.key}).status_code == 400  # a clash
+    assert bearer("logged-chosen-key-1").get(view_key_url("logged")).status_code == 200
+    assert bearer("not-a-valid-key-at-all").get(reverse("token-list")).status_code == 403
+    stored_key, stored_digest = stored_row("logged")
+    admin_stored_key, admin_digest = stored_row(admin_token.identifier)
+    events = "".join(str(event.context) + str(event.user) for event in Event.objects.all())
+    secrets = [generated, "logged-chosen-key-1", admin_token.key, stored_key, admin_stored_key]
+    secrets += [digest.split("$")[-1] for digest in (stored_digest, admin_digest, key_digest(generated))]
+    secrets += [hashlib.sha256(key.encode()).hexdigest() for key in (generated, "logged-chosen-key-1", admin_token.key)]
+    for secret in secrets:
+        assert secret not in caplog.text
+        assert secret not in events
