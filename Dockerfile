@@ -15,8 +15,8 @@ RUN pip install -r requirements.lock
 
 COPY . .
 
-# The secret only satisfies settings for this build step; nothing is signed with it.
-RUN DJANGO_SECRET_KEY=collectstatic-only-not-a-secret python manage.py collectstatic --noinput -v 0
+# The secrets only satisfy settings for this build step; nothing is signed or encrypted with them.
+RUN DJANGO_SECRET_KEY=collectstatic-only-not-a-secret TOKEN_KEYS_ENCRYPTION_KEYS=build:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= TOKEN_KEYS_PEPPERS=build:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= python manage.py collectstatic --noinput -v 0
 
 RUN useradd --system --uid 10001 --no-create-home app && mkdir -p var && chown app var
 USER app

@@ -6,8 +6,12 @@ STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock | cksum | cut -d' 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PG_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
+# Fixed, public test values of the keys-at-rest secrets (README, "Keys at rest"): base64 of 32 ASCII bytes.
+TEST_TOKEN_KEYS := TOKEN_KEYS_ENCRYPTION_KEYS=test:dGVzdC1vbmx5LWtleS1lbmNyeXB0aW9uLWtleS0zMmI= \
+	TOKEN_KEYS_PEPPERS=test:dGVzdC1vbmx5LWxvb2t1cC1kaWdlc3QtcGVwcGVyLTMy
 # Tests never touch the local secret file or database.
-TEST_ENV := DJANGO_SECRET_KEY=test-only-secret-key-not-for-production DATABASE_URL= SQLITE_PATH=var/test.sqlite3
+TEST_ENV := DJANGO_SECRET_KEY=test-only-secret-key-not-for-production DATABASE_URL= SQLITE_PATH=var/test.sqlite3 \
+	$(TEST_TOKEN_KEYS)
 # A production-like environment for `check --deploy`: a long random secret, HTTPS behind a TLS proxy, HSTS.
 DEPLOY_ENV := $(TEST_ENV) DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	DJANGO_SECURE_SSL=1 DJANGO_SECURE_SSL_REDIRECT=1 DJANGO_BEHIND_TLS_PROXY=1 DJANGO_HSTS_SECONDS=31536000 \
@@ -35,8 +39,10 @@ run: $(STAMP)
 	@# Local files: var/ is 0700; the database, its journals and everything else the server creates are 0600.
 	@chmod 700 var; for f in var/*.sqlite3 var/*.sqlite3-*; do [ ! -e "$$f" ] || chmod 600 "$$f"; done
 	@test -s var/secret_key || (umask 077; $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key)
+	@test -s var/token_keys || (umask 077; $(BIN)/python -c "import base64, secrets; [print('local1:' + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()) for _ in 'kp']" > var/token_keys)
 	@umask 077; \
 	export DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat var/secret_key)}" DJANGO_SECURE_SSL="$${DJANGO_SECURE_SSL:-0}"; \
+	export TOKEN_KEYS_ENCRYPTION_KEYS="$${TOKEN_KEYS_ENCRYPTION_KEYS:-$$(sed -n 1p var/token_keys)}" TOKEN_KEYS_PEPPERS="$${TOKEN_KEYS_PEPPERS:-$$(sed -n 2p var/token_keys)}"; \
 	set -e; \
 	$(BIN)/python manage.py migrate --noinput -v 0; \
 	$(BIN)/python manage.py collectstatic --noinput -v 0; \

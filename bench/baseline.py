@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
 import psycopg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.types.json import Jsonb
 
 DSN = os.environ.get("BASELINE_DSN", "postgresql://postgres@127.0.0.1:5432/bench_baseline")
@@ -33,6 +34,38 @@ DSN = os.environ.get("BASELINE_DSN", "postgresql://postgres@127.0.0.1:5432/bench
 _FINGERPRINT_KEY = hashlib.sha256(
     b"tokens-service.key-fingerprint" + os.environ.get("DJANGO_SECRET_KEY", "").encode()
 ).digest()
+
+
+def _current_secret(name: str) -> tuple[str, bytes]:
+    """The first ``id:base64`` entry of ``name``, as the service reads it (README, "Keys at rest")."""
+    key_id, _, encoded = os.environ.get(name, "").split(",")[0].strip().partition(":")
+    return key_id, base64.urlsafe_b64decode(encoded.replace("+", "-").replace("/", "_") + "==")
+
+
+# Keys at rest, the same work as core.crypto: the stored key is AES-256-GCM ciphertext, the digest an HMAC.
+_KEK_ID, _KEK = _current_secret("TOKEN_KEYS_ENCRYPTION_KEYS")
+_PEPPER_ID, _PEPPER = _current_secret("TOKEN_KEYS_PEPPERS")
+_AEAD = AESGCM(_KEK) if len(_KEK) == 32 else None
+_AAD = b"tokens-service:token-key:v1"
+
+
+def _digest(key: str) -> str:
+    return f"hmac${_PEPPER_ID}$" + hmac.new(_PEPPER, key.encode(), hashlib.sha256).hexdigest()
+
+
+def _encrypt(key: str) -> str:
+    assert _AEAD is not None, "TOKEN_KEYS_ENCRYPTION_KEYS is required"
+    nonce = os.urandom(12)
+    sealed = base64.urlsafe_b64encode(nonce + _AEAD.encrypt(nonce, key.encode(), _AAD)).decode().rstrip("=")
+    return f"gcm${_KEK_ID}${sealed}"
+
+
+def _decrypt(stored: str) -> str:
+    assert _AEAD is not None, "TOKEN_KEYS_ENCRYPTION_KEYS is required"
+    data = base64.urlsafe_b64decode(stored.split("$", 2)[2] + "==")
+    return _AEAD.decrypt(data[:12], data[12:], _AAD).decode()
+
+
 KEY_MIN_LENGTH = int(os.environ.get("TOKEN_KEY_MIN_LENGTH", "") or 1)
 RETENTION_DAYS = int(os.environ.get("EVENT_RETENTION_DAYS", "") or 365)
 MAX_BODY = 64 * 1024
@@ -229,7 +262,7 @@ def _bearer_digest(environ: dict[str, Any]) -> str | bool | None:
     parts = header.split()
     if len(parts) != 2 or parts[0].lower() != "bearer" or len(parts[1]) > 1024 or not _VISIBLE.match(parts[1]):
         return False
-    return hashlib.sha256(parts[1].encode()).hexdigest()
+    return _digest(parts[1])
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -317,8 +350,8 @@ def set_key(environ: dict[str, Any], identifier: str, digest: str, request_id: s
         row = run(CHECK_SQL, params)[0]
         return _verdict(row, request_id, lambda: _json(problem[0], problem[1], request_id))  # type: ignore[index]
     params.update(_event_params(environ, request_id, "model_updated", "model"))
-    params["key"] = key
-    params["new_digest"] = hashlib.sha256(key.encode()).hexdigest()
+    params["key"] = _encrypt(key)
+    params["new_digest"] = _digest(key)
     params["context"] = Jsonb(
         {
             "changed_fields": ["key"],
@@ -342,7 +375,7 @@ def view_key(environ: dict[str, Any], identifier: str, digest: str, request_id: 
     params["context"] = Jsonb({"http_request": _request_context(environ, request_id)})
     row = run(VIEW_KEY_SQL, params)[0]
     return _verdict(
-        row, request_id, lambda: _json("200 OK", {"key": row[2]}, request_id, ("Cache-Control", "no-store"))
+        row, request_id, lambda: _json("200 OK", {"key": _decrypt(row[2])}, request_id, ("Cache-Control", "no-store"))
     )
 
 

@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokens_service.settings")
 os.environ.setdefault("DJANGO_SECRET_KEY", "bench-profile")
+# Keys at rest: the fixed values bench/run.py seeded the databases with.
+os.environ.setdefault("TOKEN_KEYS_ENCRYPTION_KEYS", "bench:YmVuY2gtb25seS1rZXktZW5jcnlwdGlvbi1rZXktMzI=")
+os.environ.setdefault("TOKEN_KEYS_PEPPERS", "bench:YmVuY2gtb25seS1sb29rdXAtZGlnZXN0LXBlcHBlciE=")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_service")
 os.environ.setdefault("BASELINE_DSN", "postgresql://postgres@127.0.0.1:5432/bench_baseline")
 os.environ.setdefault("THROTTLE_SET_KEY", "1000000000/min")  # as in bench/run.py

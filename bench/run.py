@@ -314,6 +314,10 @@ def main() -> None:
     env = {
         **os.environ,
         "DJANGO_SECRET_KEY": "bench-" + secrets.token_urlsafe(40),
+        # Keys at rest: fixed public values (the bench data protects nothing), shared by the seeding, both
+        # servers and bench/profile_request.py, which reuses the seeded databases.
+        "TOKEN_KEYS_ENCRYPTION_KEYS": "bench:YmVuY2gtb25seS1rZXktZW5jcnlwdGlvbi1rZXktMzI=",
+        "TOKEN_KEYS_PEPPERS": "bench:YmVuY2gtb25seS1sb29rdXAtZGlnZXN0LXBlcHBlciE=",
         "DATABASE_URL": db_url(args.pg, args.service_db),
         "BASELINE_DSN": db_url(args.pg, args.baseline_db).replace("postgres://", "postgresql://", 1),
         "PYTHONPATH": str(REPO),

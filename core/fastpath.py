@@ -31,6 +31,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
+from core.crypto import encrypt_key, key_lookup_digests
 from core.models import Token, TokenIntents, User, key_digest
 from events.models import Event, EventAction
 from events.services import event_values
@@ -120,7 +121,7 @@ def _bearer_sql() -> str:
     return f"""
 SELECT {_columns(Token, token)}, {_columns(User, "u")}
 FROM {token} INNER JOIN {user} u ON u.id = {token}.user_id
-WHERE {token}.key_digest = %(digest)s AND {token}.intent = %(intent)s AND u.is_active
+WHERE {token}.key_digest = ANY(%(digests)s) AND {token}.intent = %(intent)s AND u.is_active
   AND NOT {_expired_sql()}"""  # noqa: S608
 
 
@@ -128,10 +129,12 @@ def token_for_bearer_key(key: str) -> Token | None:
     """``core.selectors.token_for_bearer_key`` in one hand-written query."""
     db = _db()
     with db.cursor() as cursor:
-        cursor.execute(_bearer_sql(), {"digest": key_digest(key), "intent": TokenIntents.API.value, "now": _now()})
-        row = cursor.fetchone()
-    if row is None:
+        params = {"digests": key_lookup_digests(key), "intent": TokenIntents.API.value, "now": _now()}
+        cursor.execute(_bearer_sql(), params)
+        rows = cursor.fetchmany(2)
+    if len(rows) != 1:  # none, or (only conceivable mid pepper rotation) two tokens with one key: nobody
         return None
+    row = rows[0]
     split = len(Token._meta.concrete_fields)
     token = _from_row(db, Token, row[:split])
     token.user = _from_row(db, User, row[split:])
@@ -237,7 +240,7 @@ WITH target AS (
 ), decision AS (
     SELECT target.token_uuid, target.expired, {permitted} AS permitted,
         EXISTS (SELECT 1 FROM {token} other
-                WHERE other.key_digest = %(digest)s AND other.token_uuid <> target.token_uuid) AS collides
+                WHERE other.key_digest = ANY(%(digests)s) AND other.token_uuid <> target.token_uuid) AS collides
     FROM target
 ), updated AS (
     UPDATE {token} SET {_q("key")} = %(key)s, {_q("key_digest")} = %(digest)s
@@ -283,7 +286,11 @@ def token_set_key(
         "token_pk": token_pk,
         "now": _now(),
         "digest": key_digest(key),
-        "key": key,
+        # Every digest the key may be stored under (each configured pepper, the legacy one): a collision
+        # with a row not yet re-digested during a pepper rotation is still found.
+        "digests": key_lookup_digests(key),
+        # The stored key is ciphertext (core.crypto): CPU only, no extra statement.
+        "key": encrypt_key(key),
         "codename": "set_token_key",
         "user_id": actor.pk,
         "event_uuid": uuid.uuid4(),

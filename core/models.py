@@ -1,33 +1,60 @@
 """Users and API tokens (app label ``authentik_core``)."""
 
 import hashlib
-import secrets
-import string
 import uuid
 from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import IntegrityError, models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-KEY_ALPHABET = string.ascii_letters + string.digits
-DEFAULT_KEY_LENGTH = 60
+from core import crypto
+from core.crypto import BASE62, generate_key, key_digest
+
+# Every character a generated key contains: its prefix ([a-z0-9] and "_"), then base62 (README, "Keys at rest").
+KEY_ALPHABET = BASE62 + "_"
+DEFAULT_KEY_LENGTH = 60  # with the default 4-character prefix "tks_"
+
+__all__ = ["DEFAULT_KEY_LENGTH", "KEY_ALPHABET", "EncryptedKeyField", "Token", "User", "generate_key", "key_digest"]
 
 
-def generate_key() -> str:
-    """60 characters from ``[A-Za-z0-9]``, drawn with ``secrets``."""
-    return "".join(secrets.choice(KEY_ALPHABET) for _ in range(DEFAULT_KEY_LENGTH))
+class EncryptedKeyField(models.TextField):
+    """A key: the plain key in Python, authenticated ciphertext (``core.crypto.encrypt_key``) in the database.
 
-
-def key_digest(key: str) -> str:
-    """The lookup and uniqueness digest of a key.
-
-    A plain SHA-256 is enough: keys are long random strings, and the digest must not change when the
-    server's secret is rotated, or every token would stop authenticating.
+    Every value written through the ORM (``save``, ``create``, ``update``, ``bulk_update``, fixtures) is
+    encrypted under the current encryption key with a fresh nonce, and every value read is decrypted, so
+    ``Token(key=...)`` and ``token.key`` deal in plain keys. Filtering on the key matches nothing (the
+    ciphertext of the filter value is never the stored one): tokens are found through ``key_digest``.
     """
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+    def from_db_value(self, value: str | None, expression: Any, connection: BaseDatabaseWrapper) -> str | None:
+        return None if value is None else crypto.decrypt_key(value)
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)
+        return None if value is None else crypto.encrypt_key(value)
+
+
+def key_held_under_older_digest(
+    key: str, *, exclude_pk: Any = None, exclude_identifier: str | None = None, using: str | None = None
+) -> bool:
+    """Whether another token holds ``key`` under an older pepper or the legacy digest.
+
+    Only while more than one pepper is configured (a pepper rotation); otherwise ``False`` without a query.
+    Race-free without a lock: nothing writes older digests, so rows only leave that set, and a row that
+    leaves it by conversion gets the current digest, which the unique index compares.
+    """
+    if not crypto.rotating_peppers():
+        return False
+    others = Token.objects.using(using).filter(key_digest__in=crypto.older_key_digests(key))
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    if exclude_identifier is not None:
+        others = others.exclude(identifier=exclude_identifier)
+    return others.exists()
 
 
 class UserTypes(models.TextChoices):
@@ -87,8 +114,10 @@ class TokenQuerySet(models.QuerySet["Token"]):
 class Token(models.Model):
     """A secret key that stands for its user.
 
-    ``key_digest`` is derived from ``key`` by ``save()`` and is unique in the database, so two tokens
-    can never share a key, whatever races happen, and a constraint error names only the digest.
+    ``key`` is stored encrypted (``EncryptedKeyField``). ``key_digest``, the peppered HMAC of the key, is
+    derived from it by ``save()`` and is unique in the database, so two tokens can never share a key,
+    whatever races happen, and a constraint error names only the digest. Check constraints refuse any
+    row whose key is not ciphertext or whose digest is not peppered, whatever writes it.
     """
 
     token_uuid = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -97,8 +126,8 @@ class Token(models.Model):
         unique=True,
         validators=[RegexValidator(r"^[-a-zA-Z0-9_]+$")],
     )
-    key = models.TextField(default=generate_key)
-    key_digest = models.CharField(max_length=64, unique=True, editable=False)
+    key = EncryptedKeyField(default=generate_key)
+    key_digest = models.CharField(max_length=80, unique=True, editable=False)
     intent = models.TextField(choices=TokenIntents.choices, default=TokenIntents.API)
     user = models.ForeignKey("authentik_core.User", on_delete=models.CASCADE, related_name="tokens")
     description = models.TextField(default="", blank=True)
@@ -129,6 +158,14 @@ class Token(models.Model):
             ("manage_token_permissions", "Manage object permissions on tokens"),
         ]
         indexes = [models.Index(fields=["expires"], name="token_expires_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(key__startswith=crypto.CIPHERTEXT_PREFIX), name="token_key_encrypted"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(key_digest__startswith=crypto.DIGEST_PREFIX), name="token_key_digest_peppered"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.identifier
@@ -140,6 +177,12 @@ class Token(models.Model):
         update_fields = kwargs.get("update_fields")
         if update_fields is not None and "key" in update_fields:
             kwargs["update_fields"] = {*update_fields, "key_digest"}
+        if (update_fields is None or "key" in update_fields) and key_held_under_older_digest(
+            self.key, exclude_pk=None if self._state.adding else self.pk, using=kwargs.get("using")
+        ):
+            # The unique index sees current-pepper digests only; during a pepper rotation a key stored
+            # under an older one is found here instead. Same error class as the index's.
+            raise IntegrityError("duplicate key value violates unique constraint on key_digest")
         super().save(*args, **kwargs)
 
     @property

@@ -15,7 +15,8 @@ from django.db.models.functions import Cast, Replace
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from core import fastpath
-from core.models import Token, TokenIntents, User, key_digest
+from core.crypto import key_lookup_digests
+from core.models import Token, TokenIntents, User
 
 
 def token_for_bearer_key(key: str) -> Token | None:
@@ -27,7 +28,12 @@ def token_for_bearer_key(key: str) -> Token | None:
     if fastpath.enabled():
         return fastpath.token_for_bearer_key(key)
     tokens = Token.objects.unexpired().select_related("user")
-    return tokens.filter(key_digest=key_digest(key), intent=TokenIntents.API, user__is_active=True).first()
+    # The key's digest under each configured pepper (and the legacy one): one unique-index lookup.
+    matches = list(
+        tokens.filter(key_digest__in=key_lookup_digests(key), intent=TokenIntents.API, user__is_active=True)[:2]
+    )
+    # None, or (only conceivable mid pepper rotation) two tokens with one key: nobody.
+    return matches[0] if len(matches) == 1 else None
 
 
 def _object_pk_matches(token_pk: Subquery | OuterRef) -> tuple[dict[str, Any], Q]:

@@ -23,7 +23,8 @@ from django.utils.crypto import salted_hmac
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from core import fastpath
-from core.models import Token, TokenIntents, User, key_digest
+from core.crypto import key_lookup_digests
+from core.models import Token, TokenIntents, User
 from core.object_permissions import token_perm_grant
 from core.selectors import user_has_global_perm, user_has_token_perm_on_pk
 from events.models import EventAction
@@ -176,7 +177,9 @@ def token_set_key(
             else:
                 decision["permitted"] = user_has_token_perm_on_pk(actor, "set_token_key", token.pk)
                 decision["expired"] = token.expired  # type: ignore[attr-defined]  # annotated by _locked_token
-                decision["collides"] = Token.objects.filter(key_digest=key_digest(key)).exclude(pk=token.pk).exists()
+                # Every digest the key may be stored under (each pepper, the legacy one), see core.crypto.
+                others = Token.objects.filter(key_digest__in=key_lookup_digests(key)).exclude(pk=token.pk)
+                decision["collides"] = others.exists()
             written = (
                 token is not None and not any(decision[k] for k in ("expired", "collides")) and decision["permitted"]
             )
@@ -232,7 +235,7 @@ def token_create(
         token.key = key
         # Checked first, so that a clash is an answer rather than a unique-constraint error (whose
         # message names the digest) in the database's log; the constraint still catches a race.
-        if Token.objects.filter(key_digest=key_digest(key)).exists():
+        if Token.objects.filter(key_digest__in=key_lookup_digests(key)).exists():
             report_key_collision(actor=actor, request_meta=request_meta, token_summary={"name": identifier})
             raise KeyInUse
     try:

@@ -29,7 +29,12 @@ COMPOSE = ROOT / "docker-compose.yml"
 HAPROXY = ROOT / "deploy" / "haproxy.cfg"
 DOCKERFILE = ROOT / "Dockerfile"
 # What an operator must provide (the file's ":?" variables); everything else has a default.
-REQUIRED = {"DJANGO_SECRET_KEY": "s" * 50, "POSTGRES_PASSWORD": "pg-password"}
+REQUIRED = {
+    "DJANGO_SECRET_KEY": "s" * 50,
+    "POSTGRES_PASSWORD": "pg-password",
+    "TOKEN_KEYS_ENCRYPTION_KEYS": "k1:" + "a" * 43,  # base64 of 32 bytes
+    "TOKEN_KEYS_PEPPERS": "p1:" + "b" * 43,
+}
 
 _VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 

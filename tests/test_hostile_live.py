@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from core.models import Token, TokenIntents, User, generate_key
+from core.models import Token, TokenIntents, User, generate_key, key_digest
 from events.models import Event
 from tests.leakcheck import TALLY
 from tests.live import LiveServer, RawResponse, start_server
@@ -763,7 +763,7 @@ def test_duplicate_members_do_not_let_the_last_one_win(live: LiveServer, world: 
     response = exchange(live, "bodies", http(headers=(bearer(world.admin_key), CT_JSON), body=body))
     assert response.status == 400
     assert Token.objects.get(identifier="target").key == world.target_key
-    assert not Token.objects.filter(key=second).exists()
+    assert not Token.objects.filter(key_digest=key_digest(second)).exists()
 
 
 # Positive controls: the limits above reject only what they should.

@@ -1,5 +1,6 @@
 """Models: key digest upkeep, uniqueness in the database, expiry, and no key in str/repr."""
 
+import string
 from datetime import timedelta
 
 import pytest
@@ -11,12 +12,14 @@ from events.models import Event
 from tests.conftest import requires_postgres
 
 
-def test_generated_keys_are_60_characters_of_letters_and_digits():
+def test_generated_keys_are_60_characters_prefix_base62_body_and_checksum():
     keys = {generate_key() for _ in range(50)}
     assert len(keys) == 50
     for key in keys:
         assert len(key) == DEFAULT_KEY_LENGTH == 60
+        assert key.startswith("tks_")
         assert set(key) <= set(KEY_ALPHABET)
+        assert set(key[4:]) <= set(string.ascii_letters + string.digits)
 
 
 @pytest.mark.django_db

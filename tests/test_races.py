@@ -10,7 +10,7 @@ from django.db import connection
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from core.models import Token, generate_key
+from core.models import Token, generate_key, key_digest
 from core.services import key_fingerprint
 from events.models import Event
 from tests.conftest import requires_postgres
@@ -77,11 +77,12 @@ def test_many_tokens_racing_to_one_key_has_exactly_one_winner(admin_token, make_
     statuses = run_concurrently([set_key_job(admin_token.key, token.identifier, shared_key) for token in targets])
 
     assert sorted(statuses) == [204] + [400] * (len(targets) - 1)
-    assert Token.objects.filter(key=shared_key).count() == 1
+    assert Token.objects.filter(key_digest=key_digest(shared_key)).count() == 1
     assert Event.objects.filter(action="model_updated").count() == 1
     # Every loser was audited as a suspicious request.
     assert Event.objects.filter(action="suspicious_request").count() == len(targets) - 1
-    winner = Token.objects.get(key=shared_key)
+    winner = Token.objects.get(key_digest=key_digest(shared_key))
+    assert winner.key == shared_key
     for token in Token.objects.filter(pk__in=before).exclude(pk=winner.pk):
         assert token.key == before[token.pk]
 

@@ -171,10 +171,12 @@ def test_unknown_identifiers_are_404_for_holders_of_the_global_permission(make_u
 # --- live: a real server, a request whose body arrives after the rename --------------------------------
 
 
-def wait_until_idle_after(query_fragment: str, timeout: float = 15.0) -> None:
+def wait_until_idle_after(query_fragment: str, timeout: float = 2.0) -> None:
     """Wait until a server connection has run a query containing ``query_fragment`` and is idle again
     (the request's up-front permission check is done and it waits for its body). Not an assertion: if it
-    is not seen, the test goes on and still requires the same outcome."""
+    is not seen, the test goes on and still requires the same outcome. The server reads whole bodies
+    before Django runs (``tokens_service.wsgi_hardening``), so the query is usually not seen; the short
+    wait stays well under ``REQUEST_BODY_TIMEOUT`` so the held-back body still arrives in time."""
     deadline = time.monotonic() + timeout
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
@@ -241,12 +243,19 @@ def test_live_update_with_a_held_back_body_writes_only_the_row_it_authorized(liv
     wait_until_idle_after("guardian_userobjectpermission")
     rename_swap(a, b)
     response = finish(sock, rest)
-    # The row loaded and authorized before the body arrived (A, now "row-a-moved") is the one written.
-    assert response.status == 200
-    assert Token.objects.get(pk=a.pk).description == "edited"
+    # B, which now answers to "row-a", is never written. Either the row was loaded and authorized before
+    # the body arrived (A, now "row-a-moved", is written), or, as the server reads whole bodies before
+    # Django runs (tokens_service.wsgi_hardening), the request is resolved after the rename: "row-a" is B,
+    # invisible to this caller, so 404 and nothing is written.
+    assert response.status in (200, 404)
     assert Token.objects.get(pk=b.pk).description == b.description
     events = list(Event.objects.filter(action="model_updated"))
-    assert [event.context["model"]["pk"] for event in events] == [a.pk.hex]
+    if response.status == 200:
+        assert Token.objects.get(pk=a.pk).description == "edited"
+        assert [event.context["model"]["pk"] for event in events] == [a.pk.hex]
+    else:
+        assert Token.objects.get(pk=a.pk).description == a.description
+        assert events == []
 
 
 @requires_postgres

@@ -1,5 +1,8 @@
 """Settings for tokens-service, read from the environment only (see README, "Configuration")."""
 
+import base64
+import binascii
+import hashlib
 import ipaddress
 import os
 import re
@@ -192,6 +195,44 @@ REQUEST_BODY_TIMEOUT = env_int("REQUEST_BODY_TIMEOUT", 10)
 
 # Client IP: the socket peer, unless it is one of these proxies (docs/contract.md, "Audit trail").
 TRUSTED_PROXY_CIDRS = [ipaddress.ip_network(cidr, strict=False) for cidr in env_list("TRUSTED_PROXY_CIDRS")]
+
+
+# Keys at rest (core.crypto, README "Keys at rest"). Each variable is a comma-separated list of versioned
+# secrets, "id:base64"; the first one is current (encrypts, or digests new keys), every one is accepted.
+# Like the secret key they are required unless DEBUG is on; they never live in the database.
+def env_versioned_secrets(name: str, *, min_bytes: int, max_bytes: int) -> tuple[tuple[str, bytes], ...]:
+    """``id:base64,...`` from the environment as ``((id, secret), ...)``, current first; bad input stops the start."""
+    entries: list[tuple[str, bytes]] = []
+    for item in env_list(name):
+        key_id, sep, encoded = item.partition(":")
+        if not sep or not re.fullmatch(r"[a-z0-9]{1,8}", key_id):
+            raise ImproperlyConfigured(f"{name}: each entry must be id:base64 with an id of 1-8 of [a-z0-9].")
+        try:
+            secret = base64.urlsafe_b64decode(encoded.strip().replace("+", "-").replace("/", "_") + "==")
+        except (ValueError, binascii.Error):
+            raise ImproperlyConfigured(f"{name}: the secret of id {key_id!r} is not base64.") from None
+        if not min_bytes <= len(secret) <= max_bytes:
+            size = f"{min_bytes}" if min_bytes == max_bytes else f"{min_bytes} to {max_bytes}"
+            raise ImproperlyConfigured(f"{name}: the secret of id {key_id!r} must be {size} random bytes.")
+        if key_id in dict(entries):
+            raise ImproperlyConfigured(f"{name}: the id {key_id!r} appears twice.")
+        entries.append((key_id, secret))
+    if not entries:
+        if not DEBUG:
+            raise ImproperlyConfigured(f'{name} is required unless DJANGO_DEBUG is on (README, "Keys at rest").')
+        # A fixed, public development value: never protects anything.
+        entries.append(("debug", hashlib.sha256(f"insecure-debug-only-{name}".encode()).digest()))
+    return tuple(entries)
+
+
+# AES-256-GCM keys (exactly 32 bytes) that encrypt the stored keys.
+TOKEN_KEYS_ENCRYPTION_KEYS = env_versioned_secrets("TOKEN_KEYS_ENCRYPTION_KEYS", min_bytes=32, max_bytes=32)
+# HMAC-SHA256 peppers (at least 32 bytes) of the lookup and uniqueness digest.
+TOKEN_KEYS_PEPPERS = env_versioned_secrets("TOKEN_KEYS_PEPPERS", min_bytes=32, max_bytes=64)
+# Generated keys: this prefix, 50 random base62 characters, a 6-character base62 CRC32 of them.
+TOKEN_KEY_PREFIX = os.environ.get("TOKEN_KEY_PREFIX", "tks_")
+if not re.fullmatch(r"[a-z][a-z0-9]{1,9}_", TOKEN_KEY_PREFIX):
+    raise ImproperlyConfigured("TOKEN_KEY_PREFIX must be 2-10 of [a-z0-9] (starting with a letter) and a final _.")
 
 # Key policy and audit retention.
 TOKEN_KEY_MIN_LENGTH = env_int("TOKEN_KEY_MIN_LENGTH", 1)
