@@ -1,7 +1,9 @@
 """Reads: bearer lookup, permission checks and visibility of tokens."""
 
 import functools
+import hmac
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -69,27 +71,62 @@ def _bearer_sql(vendor: str) -> str:
     return f"""
 SELECT {_columns(Token, "t")}, {_columns(User, "u")}
 FROM {token} t INNER JOIN {user} u ON u.id = t.user_id
-WHERE t.key_digest = %s AND t.intent = %s AND u.is_active
+WHERE (t.key_digest = %s OR t.previous_key_digest = %s) AND t.intent = %s AND u.is_active
   AND NOT (t.expiring AND t.expires IS NOT NULL AND t.expires <= %s)"""  # noqa: S608
 
 
 def token_for_bearer_key(key: str) -> Token | None:
     """The token that ``key`` authenticates as, with its user, in one query; ``None`` if it does not.
 
-    Only an unexpired ``api`` token of an active user authenticates. The key is matched through its
-    digest (a unique-index lookup in SQL), never compared in Python.
+    Only an unexpired ``api`` token of an active user authenticates, with its current key or, within the
+    grace period of its last rotation, its previous key (``via_previous_key`` is then set on the token).
+    The key is matched through its digest (index lookups in SQL), never compared in Python.
+    """
+    match = bearer_match(key)
+    return match.token if match is not None and match.authenticates else None
+
+
+@dataclass(frozen=True, slots=True)
+class BearerMatch:
+    """A token whose current or previous key is the presented one."""
+
+    token: Token
+    previous: bool  # matched the key replaced by the last rotation, not the current one
+    authenticates: bool  # False only for a previous key whose grace period is over
+
+
+def bearer_match(key: str) -> BearerMatch | None:
+    """The live ``api`` token (of an active user) whose current or previous key is ``key``, in one query.
+
+    The current key wins if another token's previous key happens to be the same. A previous key
+    authenticates only until ``previous_key_expires``; after that the match is still reported (with
+    ``authenticates`` False), so that the caller can flag the late use of a replaced key.
     """
     db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once (not through the proxy)
-    now = db.ops.adapt_datetimefield_value(timezone.now())
+    now = timezone.now()
+    digest = key_digest(key)
     with db.cursor() as cursor:
-        cursor.execute(_bearer_sql(db.vendor), [key_digest(key), TokenIntents.API.value, now])
-        row = cursor.fetchone()
-    if row is None:
+        cursor.execute(
+            _bearer_sql(db.vendor),
+            [digest, digest, TokenIntents.API.value, db.ops.adapt_datetimefield_value(now)],
+        )
+        rows = cursor.fetchall()
+    if not rows:
         return None
     split = len(Token._meta.concrete_fields)
+    digest_index = _attnames(Token).index("key_digest")
+    # At most one token holds a key as its current key (unique digest); prefer it over previous keys.
+    current = [row for row in rows if hmac.compare_digest(row[digest_index], digest)]
+    if not current and len(rows) > 1:
+        return None  # the same previous key on several tokens: ambiguous, never guess
+    row = (current or rows)[0]
     token = _from_row(db, Token, row[:split])
     token.user = _from_row(db, User, row[split:])
-    return token
+    if current:
+        return BearerMatch(token=token, previous=False, authenticates=True)
+    token.via_previous_key = True
+    expires = token.previous_key_expires
+    return BearerMatch(token=token, previous=True, authenticates=expires is not None and expires > now)
 
 
 def _object_pk_matches(token_pk: Subquery | OuterRef) -> tuple[dict[str, Any], Q]:

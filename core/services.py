@@ -27,7 +27,7 @@ INTENT_FIXED = "The intent can only change between api and app_password."
 # The intents a caller may hand out through the API; the others are issued by the system itself.
 API_INTENTS = frozenset({TokenIntents.API, TokenIntents.APP_PASSWORD})
 # What token_update may change. Never "key" (set_key owns it) and never "user" (owners are fixed).
-UPDATABLE_FIELDS = ("identifier", "intent", "description", "expires", "expiring", "managed")
+UPDATABLE_FIELDS = ("identifier", "intent", "description", "expires", "expiring", "managed", "allowed_ips")
 
 
 def key_fingerprint(key: str) -> str:
@@ -39,7 +39,8 @@ def key_fingerprint(key: str) -> str:
 # clause: a concurrent set_key on the same token waits for the lock, then re-checks the WHERE clause
 # against the committed row. No SELECT ... FOR UPDATE round trip is needed before it.
 _UPDATE_KEY_SQL = f"""
-UPDATE {Token._meta.db_table} SET "key" = %s, "key_digest" = %s
+UPDATE {Token._meta.db_table} SET "key" = %s, "key_digest" = %s,
+    "previous_key_digest" = NULL, "previous_key_expires" = NULL
 WHERE "identifier" = %s AND NOT ("expiring" AND "expires" IS NOT NULL AND "expires" <= %s)
 RETURNING "token_uuid"
 """  # noqa: S608 - only model metadata is formatted in; values are parameters
@@ -66,7 +67,8 @@ def token_set_key(*, token_identifier: str, key: str, actor: User, request_meta:
     """Replace the key of the token ``token_identifier`` and audit it, atomically.
 
     Holds the token's row lock while writing, so concurrent calls on one token serialize and the last
-    to commit wins; writes only ``key`` and its digest, and exactly one ``model_updated`` event; both
+    to commit wins; writes only ``key`` and its digest (clearing the previous key a rotation may have
+    left valid: set_key is the way to cut a grace period short), and exactly one ``model_updated`` event; both
     commit together or not at all.
 
     Raises ``ObjectNotFound`` for an unknown or expired token and ``FieldConflict`` on ``key`` when
@@ -160,6 +162,7 @@ def token_create(
     expires: datetime | None = None,
     expiring: bool = True,
     managed: str | None = None,
+    allowed_ips: list[str] | None = None,
     owner_permissions: Iterable[str] = (),
 ) -> Token:
     """Create a token (a fresh random key unless ``key`` is given) and its ``model_created`` event.
@@ -176,6 +179,7 @@ def token_create(
         expires=expires,
         expiring=expiring,
         managed=managed,
+        allowed_ips=allowed_ips,
     )
     if key is not None:
         token.key = key
