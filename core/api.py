@@ -445,7 +445,16 @@ class TokenViewSet(ModelViewSet):
     filterset_class = TokenFilter
     search_fields = ["identifier", "intent", "user__username", "description"]
     ordering = ["identifier", "expires"]
-    ordering_fields = ["identifier", "intent", "user__username", "description", "expires", "expiring", "managed"]
+    ordering_fields = [
+        "identifier",
+        "intent",
+        "user__username",
+        "description",
+        "expires",
+        "expiring",
+        "managed",
+        "last_used",
+    ]
 
     def get_queryset(self) -> QuerySet[Token]:
         user = self.request.user
