@@ -137,7 +137,8 @@ class UserSerializer(serializers.ModelSerializer):
         return avatar_data_uri(user)
 
 
-@extend_schema_field({"type": "string", "maxLength": 64})
+# The pattern is the character set and shape; octet and prefix ranges and host bits are checked by the server.
+@extend_schema_field({"type": "string", "maxLength": 64, "pattern": r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"})
 class CIDRField(serializers.CharField):
     """One network of an ``allowed_ips`` list: a CIDR or a single address, stored normalized."""
 
