@@ -344,3 +344,14 @@ def test_concurrent_self_rotations_with_one_key_succeed_once(bearer, make_user, 
     # The first rotation commits; the others find the key they authenticated with no longer current.
     assert sorted(statuses) == [200, 403, 403]
     assert Event.objects.filter(action=EventAction.SECRET_ROTATE).count() == 1
+
+
+def test_rotations_are_rate_limited_per_caller_like_set_key(bearer, admin_token, make_token, superuser, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "rotate": "2/min"},
+    }
+    target = make_token(superuser)
+    statuses = [rotate(bearer(admin_token), target.identifier).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert Event.objects.filter(action=EventAction.SECRET_ROTATE).count() == 2

@@ -250,7 +250,12 @@ REST_FRAMEWORK = {
     # Failed bearer authentications are counted by the authenticator itself (per client IP); this
     # class limits viewset actions per caller, for the actions named in the rates below.
     "DEFAULT_THROTTLE_CLASSES": ["tokens_service.throttling.UserActionThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"auth_failures": THROTTLE_AUTH_FAILURES, "set_key": THROTTLE_SET_KEY},
+    # rotate shares set_key's rate (THROTTLE_SET_KEY), counted separately.
+    "DEFAULT_THROTTLE_RATES": {
+        "auth_failures": THROTTLE_AUTH_FAILURES,
+        "set_key": THROTTLE_SET_KEY,
+        "rotate": THROTTLE_SET_KEY,
+    },
 }
 
 SPECTACULAR_SETTINGS = {
