@@ -246,7 +246,9 @@ class TokenSerializer(serializers.ModelSerializer):
 
     def validate_allowed_ips(self, allowed_ips: list[str] | None) -> list[str] | None:
         # One representation for "no restriction" (null), and each network once, in the order given.
-        return list(dict.fromkeys(allowed_ips)) or None if allowed_ips is not None else None
+        if not allowed_ips:
+            return None
+        return list(dict.fromkeys(allowed_ips))
 
     def validate_intent(self, intent: str) -> str:
         # Creation only; how an existing token's intent may change is token_update's rule.
