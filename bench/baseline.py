@@ -176,7 +176,7 @@ sees_all AS (
 ),
 visible AS (
     SELECT tok.token_uuid, tok.managed, tok.identifier, tok.intent, tok.description, tok.expires, tok.expiring,
-           tok.user_id
+           tok.last_used, tok.last_used_ip, tok.allowed_ips, tok.user_id
     FROM authentik_core_token tok, caller c
     WHERE EXISTS (SELECT FROM sees_all) OR tok.user_id = c.id
        OR EXISTS (SELECT FROM guardian_userobjectpermission x, token_type
@@ -192,6 +192,7 @@ page AS (
 )
 SELECT EXISTS (SELECT FROM caller), (SELECT count(*) FROM visible),
        p.token_uuid, p.managed, p.identifier, p.intent, p.description, p.expires, p.expiring,
+       p.last_used, host(p.last_used_ip), p.allowed_ips,
        u.id, u.username, u.name, u.is_active, u.last_login, u.date_joined, u.is_superuser, u.email, u.attributes,
        u.path, u.type, u.uuid, u.password_change_date, u.last_updated,
        (SELECT coalesce(json_agg(json_build_array(g.id, g.name) ORDER BY g.id), '[]')
@@ -411,6 +412,9 @@ def _token_json(row: tuple[Any, ...]) -> dict[str, Any]:
         description,
         expires,
         expiring,
+        last_used,
+        last_used_ip,
+        allowed_ips,
         user_id,
         username,
         name,
@@ -466,6 +470,9 @@ def _token_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "description": description,
         "expires": _when(expires),
         "expiring": expiring,
+        "last_used": _when(last_used),
+        "last_used_ip": last_used_ip,
+        "allowed_ips": allowed_ips,
     }
 
 

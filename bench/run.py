@@ -411,6 +411,11 @@ def main() -> None:
                 parsed = [json.loads(content) if content else None for content in bodies]
                 if endpoint == "view_key":  # different keys (each server re-keyed its own copy)
                     parsed = [sorted(body) for body in parsed]
+                if endpoint == "list":  # each copy records the use of its own caller tokens (the service only)
+                    for body in parsed:
+                        for row in body["results"]:
+                            row.pop("last_used", None)
+                            row.pop("last_used_ip", None)
                 if parsed[0] != parsed[1]:
                     sys.exit(f"the baseline's {endpoint} answer to {caller} differs from the service's")
             available.append(endpoint)

@@ -10,9 +10,10 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db.models import Prefetch, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.decorators import action
 from rest_framework.filters import SearchFilter
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -25,6 +26,7 @@ from rest_framework.viewsets import ModelViewSet
 from core.filters import SingleValuedQueryParameters, StableOrderingFilter, TokenFilter
 from core.models import Token, TokenIntents, User
 from core.permissions import CanSetTokenKey
+from core.rotation import MAX_GRACE_SECONDS, RotationForbidden, token_rotate
 from core.selectors import objects_using, tokens_visible_to, user_has_token_perm_on_pk
 from core.services import (
     API_INTENTS,
@@ -35,6 +37,7 @@ from core.services import (
     token_update,
     token_view_key,
 )
+from core.usage import MAX_ALLOWED_IPS, normalize_cidr
 from events.utils import request_meta
 from tokens_service.throttling import KeyCollisionThrottle
 
@@ -143,6 +146,28 @@ class UserSerializer(serializers.ModelSerializer):
         return avatar_data_uri(user)
 
 
+# The pattern is the character set and shape; octet and prefix ranges and host bits are checked by the server.
+@extend_schema_field({"type": "string", "maxLength": 64, "pattern": r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"})
+class CIDRField(serializers.CharField):
+    """One network of an ``allowed_ips`` list: a CIDR or a single address, stored normalized."""
+
+    default_error_messages = {"invalid": "Not a valid string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 64)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if len(data) > 64:
+            self.fail("max_length", max_length=64)
+        try:
+            return normalize_cidr(data)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class TokenSerializer(serializers.ModelSerializer):
     """Token Serializer"""
 
@@ -164,10 +189,44 @@ class TokenSerializer(serializers.ModelSerializer):
     description = serializers.CharField(required=False, allow_blank=True)
     expires = serializers.DateTimeField(required=False, allow_null=True)
     expiring = serializers.BooleanField(required=False)
+    # Additions to authentik's token (see ADDITIVE_FIELDS): optional to send, and ignored by its clients.
+    last_used = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="Last authenticated use, recorded at most once a minute."
+    )
+    last_used_ip = serializers.IPAddressField(
+        read_only=True, allow_null=True, help_text="Client address of the use recorded in last_used."
+    )
+    allowed_ips = serializers.ListField(
+        child=CIDRField(),
+        allow_null=True,
+        allow_empty=True,
+        required=False,
+        max_length=MAX_ALLOWED_IPS,
+        help_text=(
+            "IPv4/IPv6 networks (CIDR) or addresses from which the token may authenticate; null or empty: any address."
+        ),
+    )
+
+    # Fields authentik's token schema does not have. They are never in the schema's required lists, so
+    # the required lists stay authentik's (TokenSerializerSchema below).
+    ADDITIVE_FIELDS = ("last_used", "last_used_ip", "allowed_ips")
 
     class Meta:
         model = Token
-        fields = ["pk", "managed", "identifier", "intent", "user", "user_obj", "description", "expires", "expiring"]
+        fields = [
+            "pk",
+            "managed",
+            "identifier",
+            "intent",
+            "user",
+            "user_obj",
+            "description",
+            "expires",
+            "expiring",
+            "last_used",
+            "last_used_ip",
+            "allowed_ips",
+        ]
 
     # The JSON type each writable member must have. DRF would turn 5 into "5", "true" into True and "3"
     # into a user pk; a body that does not match the schema is a 400 instead (found by schemathesis).
@@ -212,6 +271,12 @@ class TokenSerializer(serializers.ModelSerializer):
             if errors:
                 raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
+
+    def validate_allowed_ips(self, allowed_ips: list[str] | None) -> list[str] | None:
+        # One representation for "no restriction" (null), and each network once, in the order given.
+        if not allowed_ips:
+            return None
+        return list(dict.fromkeys(allowed_ips))
 
     def validate_intent(self, intent: str) -> str:
         # Creation only; how an existing token's intent may change is token_update's rule.
@@ -305,6 +370,49 @@ class TokenSetKeySerializer(serializers.Serializer):
 _KEY_FIELD = KeyField()
 
 
+class TokenSerializerSchema(OpenApiSerializerExtension):
+    """The token schema as drf-spectacular makes it, minus the additive fields in the required lists.
+
+    Read-only fields are listed as required by default; keeping the additions optional leaves every
+    required list exactly authentik's, so schema-driven clients and comparisons see only new properties.
+    """
+
+    target_class = TokenSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if "required" in schema:
+            schema["required"] = [name for name in schema["required"] if name not in TokenSerializer.ADDITIVE_FIELDS]
+        return schema
+
+
+class TokenRotateSerializer(serializers.Serializer):
+    """Rotate token's key"""
+
+    grace_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_GRACE_SECONDS,
+        required=False,
+        default=0,
+        help_text="Seconds during which the previous key keeps authenticating (default 0: it stops at once).",
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # No coercion: "60", 60.0 or true are not integers (DRF would accept them).
+        if isinstance(data, dict) and "grace_seconds" in data and type(data["grace_seconds"]) is not int:
+            raise serializers.ValidationError({"grace_seconds": ["A valid integer is required."]})
+        return super().to_internal_value(data)
+
+
+class TokenRotatedSerializer(serializers.Serializer):
+    """The new key, shown once"""
+
+    key = serializers.CharField(read_only=True)
+    previous_key_expires = serializers.DateTimeField(
+        read_only=True, help_text="When the previous key stops (or stopped) authenticating."
+    )
+
+
 class JSONFirstNegotiation(DefaultContentNegotiation):
     """DRF's content negotiation, with its usual outcome decided without parsing anything.
 
@@ -370,7 +478,16 @@ class TokenViewSet(ModelViewSet):
     filterset_class = TokenFilter
     search_fields = ["identifier", "intent", "user__username", "description"]
     ordering = ["identifier", "expires"]
-    ordering_fields = ["identifier", "intent", "user__username", "description", "expires", "expiring", "managed"]
+    ordering_fields = [
+        "identifier",
+        "intent",
+        "user__username",
+        "description",
+        "expires",
+        "expiring",
+        "managed",
+        "last_used",
+    ]
 
     def get_queryset(self) -> QuerySet[Token]:
         user = self.request.user
@@ -407,6 +524,7 @@ class TokenViewSet(ModelViewSet):
             expires=data.get("expires"),
             expiring=data.get("expiring", True),
             managed=data.get("managed"),
+            allowed_ips=data.get("allowed_ips"),
             # The owner can always read the key of a token made through the API, whoever created it.
             owner_permissions=("view_token_key",),
         )
@@ -497,3 +615,39 @@ class TokenViewSet(ModelViewSet):
             collisions.record(request)
             raise
         return Response(status=status.HTTP_204_NO_CONTENT, headers={"Cache-Control": "no-store"})
+
+    @extend_schema(
+        request=TokenRotateSerializer,
+        responses={
+            200: TokenRotatedSerializer,
+            404: OpenApiResponse(description="Token not found or expired"),
+        },
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[IsAuthenticated],
+        filter_backends=[],
+        content_negotiation_class=JSONFirstNegotiation,
+    )
+    def rotate(self, request: Request, identifier: str) -> Response:
+        """Replace token key with a generated one, returned once; the previous key may stay valid for
+        `grace_seconds`. Action is logged as event. `authentik_core.set_token_key` permission is required,
+        unless the caller authenticates with this token itself."""
+        # An empty body means all defaults. The body is validated before the token is looked at; who may
+        # rotate is decided by the service on the locked row (403 whether or not the token exists).
+        body = TokenRotateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        authenticated = request.auth if isinstance(request.auth, Token) else None
+        try:
+            rotation = token_rotate(
+                token_identifier=identifier,
+                actor=request.user,  # type: ignore[arg-type]  # IsAuthenticated admits only real users
+                request_meta=request_meta(request),
+                grace_seconds=body.validated_data["grace_seconds"],
+                authenticated_token=authenticated,
+            )
+        except RotationForbidden:
+            raise exceptions.PermissionDenied from None
+        answer = TokenRotatedSerializer({"key": rotation.key, "previous_key_expires": rotation.previous_key_expires})
+        return Response(answer.data, headers={"Cache-Control": "no-store"})

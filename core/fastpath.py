@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from django.conf import settings
@@ -36,6 +36,9 @@ from core.models import Token, TokenIntents, User, key_digest
 from events.models import Event, EventAction
 from events.services import event_values
 from events.utils import RequestMeta
+
+if TYPE_CHECKING:
+    from core.selectors import BearerMatch
 
 _M = TypeVar("_M", bound=models.Model)
 _Converter = Callable[[Any, Any, BaseDatabaseWrapper], Any]
@@ -121,24 +124,34 @@ def _bearer_sql() -> str:
     return f"""
 SELECT {_columns(Token, token)}, {_columns(User, "u")}
 FROM {token} INNER JOIN {user} u ON u.id = {token}.user_id
-WHERE {token}.key_digest = ANY(%(digests)s) AND {token}.intent = %(intent)s AND u.is_active
-  AND NOT {_expired_sql()}"""  # noqa: S608
+WHERE ({token}.key_digest = ANY(%(digests)s) OR {token}.previous_key_digest = ANY(%(digests)s))
+  AND {token}.intent = %(intent)s AND u.is_active AND NOT {_expired_sql()}"""  # noqa: S608
+
+
+def bearer_match(key: str) -> "BearerMatch | None":
+    """``core.selectors.bearer_match`` in one hand-written query; the same function picks the answer."""
+    from core.selectors import choose_bearer_match  # the contract module imports this one
+
+    db = _db()
+    digests = key_lookup_digests(key)
+    now = timezone.now()
+    with db.cursor() as cursor:
+        params = {"digests": digests, "intent": TokenIntents.API.value, "now": db.ops.adapt_datetimefield_value(now)}
+        cursor.execute(_bearer_sql(), params)
+        rows = cursor.fetchall()
+    split = len(Token._meta.concrete_fields)
+    candidates = []
+    for row in rows:
+        token = _from_row(db, Token, row[:split])
+        token.user = _from_row(db, User, row[split:])
+        candidates.append(token)
+    return choose_bearer_match(candidates, digests, now)
 
 
 def token_for_bearer_key(key: str) -> Token | None:
     """``core.selectors.token_for_bearer_key`` in one hand-written query."""
-    db = _db()
-    with db.cursor() as cursor:
-        params = {"digests": key_lookup_digests(key), "intent": TokenIntents.API.value, "now": _now()}
-        cursor.execute(_bearer_sql(), params)
-        rows = cursor.fetchmany(2)
-    if len(rows) != 1:  # none, or (only conceivable mid pepper rotation) two tokens with one key: nobody
-        return None
-    row = rows[0]
-    split = len(Token._meta.concrete_fields)
-    token = _from_row(db, Token, row[:split])
-    token.user = _from_row(db, User, row[split:])
-    return token
+    match = bearer_match(key)
+    return match.token if match is not None and match.authenticates else None
 
 
 # --- permission checks ----------------------------------------------------------------------------------
@@ -243,7 +256,8 @@ WITH target AS (
                 WHERE other.key_digest = ANY(%(digests)s) AND other.token_uuid <> target.token_uuid) AS collides
     FROM target
 ), updated AS (
-    UPDATE {token} SET {_q("key")} = %(key)s, {_q("key_digest")} = %(digest)s
+    UPDATE {token} SET {_q("key")} = %(key)s, {_q("key_digest")} = %(digest)s,
+        previous_key_digest = NULL, previous_key_expires = NULL
     FROM decision
     WHERE {token}.token_uuid = decision.token_uuid AND decision.permitted
         AND NOT decision.expired AND NOT decision.collides

@@ -5,7 +5,7 @@ from typing import Any
 
 import django_filters
 from django import forms
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import extend_schema_field
@@ -103,12 +103,24 @@ class UTCIsoDateTimeFilter(filters.IsoDateTimeFilter):
 
 
 class TokenFilter(filters.FilterSet):
-    """Exact-match filters named as in authentik's ``core_tokens_list``."""
+    """Exact-match filters named as in authentik's ``core_tokens_list``, plus usage filters to find stale tokens.
+
+    ``last_used__lt``/``last_used__gte`` compare the recorded last use (never-used tokens match neither),
+    ``last_used__isnull`` finds tokens never used, and ``unused_since`` both at once: tokens not used
+    since that moment, including those never used.
+    """
 
     intent = IntentFilter(choices=TokenIntents.choices)
     expiring = StrictBooleanFilter()
     expires = UTCIsoDateTimeFilter()
+    last_used__lt = UTCIsoDateTimeFilter(field_name="last_used", lookup_expr="lt", label="Last used before")
+    last_used__gte = UTCIsoDateTimeFilter(field_name="last_used", lookup_expr="gte", label="Last used at or after")
+    last_used__isnull = StrictBooleanFilter(field_name="last_used", lookup_expr="isnull", label="Never used")
+    unused_since = UTCIsoDateTimeFilter(method="filter_unused_since", label="Not used since (never used included)")
 
     class Meta:
         model = Token
         fields = ["identifier", "intent", "user__username", "description", "expires", "expiring", "managed"]
+
+    def filter_unused_since(self, queryset: QuerySet[Token], name: str, value: datetime) -> QuerySet[Token]:
+        return queryset.filter(Q(last_used__isnull=True) | Q(last_used__lt=value))

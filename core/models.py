@@ -145,6 +145,22 @@ class Token(models.Model):
             "the objects via the API, but expect changes to be overwritten in a later update."
         ),
     )
+    # Rotation with a grace period (core.rotation): the digest of the key replaced by the last rotation
+    # and when it stopped (or stops) authenticating. Kept after that moment, so that a late use of the old
+    # key is recognised (403 and a suspicious_request event). set_key clears both.
+    previous_key_digest = models.CharField(  # noqa: DJ001 - NULL: no previous key, never a digest of ""
+        max_length=80, null=True, blank=True, default=None, editable=False
+    )
+    previous_key_expires = models.DateTimeField(null=True, blank=True, default=None, editable=False)
+    # Usage (core.usage): written at most once a minute per token, by the bearer authentication.
+    last_used = models.DateTimeField(null=True, blank=True, default=None, editable=False)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True, default=None, editable=False)
+    # Normalized CIDR strings; null (or absent) means any address may use the token.
+    allowed_ips = models.JSONField(null=True, blank=True, default=None)
+    # Expiry warnings (manage.py warn_expiring): the expiry date warned about and the tightest threshold
+    # (in days) already reported for it. A changed expiry date makes both stale.
+    expiry_warned_for = models.DateTimeField(null=True, blank=True, default=None, editable=False)
+    expiry_warned_days = models.PositiveSmallIntegerField(null=True, blank=True, default=None, editable=False)
 
     objects = TokenQuerySet.as_manager()
 
@@ -157,7 +173,11 @@ class Token(models.Model):
             # Global only: who may grant and revoke per-token permissions in the admin (besides superusers).
             ("manage_token_permissions", "Manage object permissions on tokens"),
         ]
-        indexes = [models.Index(fields=["expires"], name="token_expires_idx")]
+        indexes = [
+            models.Index(fields=["expires"], name="token_expires_idx"),
+            models.Index(fields=["previous_key_digest"], name="token_previous_key_idx"),
+            models.Index(fields=["last_used"], name="token_last_used_idx"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(key__startswith=crypto.CIPHERTEXT_PREFIX), name="token_key_encrypted"
@@ -166,6 +186,9 @@ class Token(models.Model):
                 condition=models.Q(key_digest__startswith=crypto.DIGEST_PREFIX), name="token_key_digest_peppered"
             ),
         ]
+
+    # Set (on the instance only) when the bearer authentication matched the previous key of a rotation.
+    via_previous_key = False
 
     def __str__(self) -> str:
         return self.identifier

@@ -5,13 +5,18 @@ have a hand-written SQL version in ``core.fastpath``, with the same signatures; 
 (setting ``TOKENS_FAST_PATH``) chooses it, and a differential test holds both to the same answers.
 """
 
+import hmac
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import Group, Permission
 from django.db import connection, models
 from django.db.models import CharField, Exists, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Cast, Replace
+from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from core import fastpath
@@ -22,18 +27,62 @@ from core.models import Token, TokenIntents, User
 def token_for_bearer_key(key: str) -> Token | None:
     """The token that ``key`` authenticates as, with its user, in one query; ``None`` if it does not.
 
-    Only an unexpired ``api`` token of an active user authenticates. The key is matched through its
-    digest (a unique-index lookup), never compared in Python.
+    Only an unexpired ``api`` token of an active user authenticates, with its current key or, within the
+    grace period of its last rotation, its previous key (``via_previous_key`` is then set on the token).
+    The key is matched through its digest (index lookups), never compared in Python.
+    """
+    match = bearer_match(key)
+    return match.token if match is not None and match.authenticates else None
+
+
+@dataclass(frozen=True, slots=True)
+class BearerMatch:
+    """A token whose current or previous key is the presented one."""
+
+    token: Token
+    previous: bool  # matched the key replaced by the last rotation, not the current one
+    authenticates: bool  # False only for a previous key whose grace period is over
+
+
+def bearer_match(key: str) -> BearerMatch | None:
+    """The live ``api`` token (of an active user) whose current or previous key is ``key``, in one query.
+
+    The key is looked up under every digest it may be stored under (each configured pepper, the legacy
+    one: ``core.crypto.key_lookup_digests``). The current key wins if another token's previous key happens
+    to be the same. A previous key authenticates only until ``previous_key_expires``; after that the match
+    is still reported (``authenticates`` False), so that the caller can flag the late use of a replaced key.
     """
     if fastpath.enabled():
-        return fastpath.token_for_bearer_key(key)
-    tokens = Token.objects.unexpired().select_related("user")
-    # The key's digest under each configured pepper (and the legacy one): one unique-index lookup.
-    matches = list(
-        tokens.filter(key_digest__in=key_lookup_digests(key), intent=TokenIntents.API, user__is_active=True)[:2]
+        return fastpath.bearer_match(key)
+    digests = key_lookup_digests(key)
+    now = timezone.now()
+    candidates = (
+        Token.objects.unexpired(now)
+        .select_related("user")
+        .filter(Q(key_digest__in=digests) | Q(previous_key_digest__in=digests))
+        .filter(intent=TokenIntents.API, user__is_active=True)
     )
-    # None, or (only conceivable mid pepper rotation) two tokens with one key: nobody.
-    return matches[0] if len(matches) == 1 else None
+    return choose_bearer_match(list(candidates), digests, now)
+
+
+def choose_bearer_match(candidates: Sequence[Token], digests: Sequence[str], now: datetime) -> BearerMatch | None:
+    """The answer of ``bearer_match`` from the tokens whose current or previous digest is one of ``digests``
+    (shared by the contract path and ``core.fastpath``)."""
+
+    def holds(digest: str | None) -> bool:
+        return digest is not None and any(hmac.compare_digest(digest, candidate) for candidate in digests)
+
+    current = [token for token in candidates if holds(token.key_digest)]
+    if len(current) > 1:
+        return None  # (only conceivable mid pepper rotation) two tokens with one key: nobody
+    if current:
+        return BearerMatch(token=current[0], previous=False, authenticates=True)
+    if len(candidates) != 1:
+        return None  # no match, or the same previous key on several tokens: ambiguous, never guess
+    token = candidates[0]
+    token.via_previous_key = True
+    expires = token.previous_key_expires
+    return BearerMatch(token=token, previous=True, authenticates=expires is not None and expires > now)
 
 
 def _object_pk_matches(token_pk: Subquery | OuterRef) -> tuple[dict[str, Any], Q]:

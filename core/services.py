@@ -38,7 +38,7 @@ INTENT_FIXED = "The intent can only change between api and app_password."
 # The intents a caller may hand out through the API; the others are issued by the system itself.
 API_INTENTS = frozenset({TokenIntents.API, TokenIntents.APP_PASSWORD})
 # What token_update may change. Never "key" (set_key owns it) and never "user" (owners are fixed).
-UPDATABLE_FIELDS = ("identifier", "intent", "description", "expires", "expiring", "managed")
+UPDATABLE_FIELDS = ("identifier", "intent", "description", "expires", "expiring", "managed", "allowed_ips")
 
 
 class KeyInUse(FieldConflict):
@@ -186,7 +186,9 @@ def token_set_key(
             if written:
                 assert token is not None
                 token.key = key
-                token.save(update_fields=["key"])
+                # A new key also ends any grace period a rotation gave the previous one (core.rotation).
+                token.previous_key_digest = token.previous_key_expires = None
+                token.save(update_fields=["key", "previous_key_digest", "previous_key_expires"])
                 event_create(
                     action=EventAction.MODEL_UPDATED,
                     actor=actor,
@@ -214,6 +216,7 @@ def token_create(
     expires: datetime | None = None,
     expiring: bool = True,
     managed: str | None = None,
+    allowed_ips: list[str] | None = None,
     owner_permissions: Iterable[str] = (),
 ) -> Token:
     """Create a token (a fresh random key unless ``key`` is given) and its ``model_created`` event.
@@ -230,6 +233,7 @@ def token_create(
         expires=expires,
         expiring=expiring,
         managed=managed,
+        allowed_ips=allowed_ips,
     )
     if key is not None:
         token.key = key

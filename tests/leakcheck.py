@@ -4,8 +4,8 @@ Keys are learned from every token saved in this process, from every token row at
 test's teardown (keys set through a live server), and from what the tests send: Bearer words and JSON
 ``"key"`` members, through the test client, ``requests`` and raw sockets (``tests.live.RAW_OBSERVERS``).
 
-Searched in: every response body the tests receive that way (not the ``view_key`` answer, which
-returns a key by design), every log record emitted in this process, every Event row at each database
+Searched in: every response body the tests receive that way (not the ``view_key`` and ``rotate``
+answers, which return a key by design), every log record emitted in this process, every Event row at each database
 test's teardown, and the logs of every live server. The token table itself is where keys belong and
 is not searched. Each key is looked for plain, URL-encoded, JSON- and HTML-escaped, and in base64 at
 every byte alignment. A hit fails the test that produced the artifact (as a teardown error), or the
@@ -120,6 +120,9 @@ class Ledger:
     def add_response(self, where: str, path: str, status: int, body: bytes, headers: Iterable[str] = ()) -> None:
         if status == 200 and path.rstrip("/").endswith("/view_key"):
             self.counts["view_key answers (excluded)"] += 1
+            return
+        if status == 200 and path.rstrip("/").endswith("/rotate"):
+            self.counts["rotate answers (excluded)"] += 1
             return
         text = body.decode("latin-1") + "\n" + "\n".join(headers)
         self.add("response", where, text)

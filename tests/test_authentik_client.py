@@ -331,3 +331,55 @@ def test_view_event_holder_reads_events(connect, akadmin):
     page = EventsApi(connect(key)).events_events_list()
     assert page.pagination.count == 1
     assert page.results[0].action == EventActions.LOGIN
+
+
+# --- additions (rotation, usage, IP allowlists): the unchanged client still works ------------------
+
+
+def test_tokens_with_usage_and_allowlists_deserialize_and_client_writes_keep_them(core, akadmin):
+    used = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    Token(
+        identifier="tracked",
+        key=generate_key(),
+        user=akadmin,
+        last_used=used,
+        last_used_ip="2001:db8::7",
+        allowed_ips=["127.0.0.0/8", "::1/128"],
+    ).save()
+    assert core.core_tokens_retrieve("tracked").identifier == "tracked"
+    listed = core.core_tokens_list(identifier="tracked").results
+    assert [t.identifier for t in listed] == ["tracked"]
+    # The client's models do not know the new fields; its writes leave them alone.
+    core.core_tokens_partial_update("tracked", PatchedTokenRequest(description="patched"))
+    core.core_tokens_update("tracked", TokenRequest(identifier="tracked", description="put"))
+    token = Token.objects.get(identifier="tracked")
+    assert token.description == "put"
+    assert token.allowed_ips == ["127.0.0.0/8", "::1/128"]
+
+
+def test_rotate_over_plain_http_and_the_client_keeps_working(base_url, connect, core, akadmin):
+    import requests
+
+    core.core_tokens_create(TokenRequest(identifier="to-rotate"))
+    old_key = core.core_tokens_view_key_retrieve("to-rotate").key
+    admin_key = Token.objects.get(identifier="akadmin-api").key
+    response = requests.post(
+        f"{base_url}/core/tokens/to-rotate/rotate/",
+        json={"grace_seconds": 600},
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    new_key = response.json()["key"]
+    # Both keys authenticate through the client during the grace period; the new one can self-rotate.
+    assert "to-rotate" in [t.identifier for t in CoreApi(connect(new_key)).core_tokens_list().results]
+    assert "to-rotate" in [t.identifier for t in CoreApi(connect(old_key)).core_tokens_list().results]
+    again = requests.post(
+        f"{base_url}/core/tokens/to-rotate/rotate/", headers={"Authorization": f"Bearer {new_key}"}, timeout=10
+    )
+    assert again.status_code == 200
+    with pytest.raises(ForbiddenException):
+        CoreApi(connect(new_key)).core_tokens_list()  # replaced without grace
+    assert core.core_tokens_retrieve("to-rotate").identifier == "to-rotate"
+    assert Event.objects.filter(action=EventAction.SECRET_ROTATE).count() == 2

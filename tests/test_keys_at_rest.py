@@ -18,8 +18,7 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
 
-from core import crypto
-from core import fastpath
+from core import crypto, fastpath
 from core.models import Token, generate_key, key_digest
 from events.models import Event
 from tests.live import ROOT

@@ -84,18 +84,21 @@ METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4}
 
 # 400s a valid request may get, by operation: the rules about other rows or the caller that a schema
 # cannot express. The field names are those of the error body.
+ALLOWED_IPS_RULE = "an entry the pattern admits but that is no network (octet or prefix out of range, host bits set)"
 SEMANTIC_REJECTIONS: dict[str, dict[str, str]] = {
     "POST /core/tokens/": {
         "identifier": "another token holds this identifier",
         "managed": "another token holds this managed value",
         "intent": "only api and app_password tokens can be created through the API (the enum is shared)",
         "user": "an unknown user, or (for a non-superuser) another user than the caller",
+        "allowed_ips": ALLOWED_IPS_RULE,
     },
     "PUT /core/tokens/{identifier}/": {
         "identifier": "another token holds this identifier",
         "managed": "another token holds this managed value",
         "intent": "the intent can only change between api and app_password",
         "user": "an unknown user, or another user than the owner: the owner never changes",
+        "allowed_ips": ALLOWED_IPS_RULE,
     },
     "POST /core/tokens/{identifier}/set_key/": {"key": "another token holds this key"},
 }
@@ -421,6 +424,8 @@ def authenticates(server: LiveServer, key: str) -> bool:
 # What the unpermitted user must never be granted, whatever the input: these need a permission it lacks.
 FORBIDDEN_TO_UNPERMITTED = {
     "POST /core/tokens/{identifier}/set_key/",
+    # Without set_token_key a token can rotate only itself, and the authentication tokens are never targets.
+    "POST /core/tokens/{identifier}/rotate/",
     "GET /events/events/",
     "GET /events/events/{event_uuid}/",
     "GET /events/events/actions/",

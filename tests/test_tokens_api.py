@@ -35,6 +35,8 @@ USER_REQUIRED = {
     "roles_obj",
 }
 TOKEN_FIELDS = {"pk", "managed", "identifier", "intent", "user", "user_obj", "description", "expires", "expiring"}
+# Additions to authentik's token (rotation, usage and IP allowlists).
+TOKEN_FIELDS |= {"last_used", "last_used_ip", "allowed_ips"}
 
 
 def token_url(name: str, identifier: str | None = None, mount: str = "") -> str:

@@ -303,6 +303,8 @@ REST_FRAMEWORK = {
         "auth_failures": THROTTLE_AUTH_FAILURES,
         "set_key": THROTTLE_SET_KEY,
         "key_collisions": THROTTLE_KEY_COLLISIONS,
+        # rotate shares set_key's rate (THROTTLE_SET_KEY), counted separately.
+        "rotate": THROTTLE_SET_KEY,
     },
 }
 # Failed admin logins (core/admin_login.py): passwords can be guessed, so these are tight.
