@@ -10,10 +10,13 @@ from django.db import close_old_connections, connection
 from django.test.utils import CaptureQueriesContext
 
 from core.models import generate_key
-from tests.conftest import requires_postgres
+from tests.conftest import ON_POSTGRES
 from tokens_service.middleware import close_connections_the_server_ended
 
-pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.skipif(not ON_POSTGRES, reason="the socket check applies to PostgreSQL connections"),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 def _server_url() -> str:
