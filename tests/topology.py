@@ -177,6 +177,8 @@ class Process:
     log_offset: int = 0
     # The address it listens on, if any.
     address: tuple[str, int] | None = None
+    # How ``stop`` ends it (a replica: SIGQUIT, gunicorn's quick shutdown, skipping the drain).
+    stop_signal: int = signal.SIGTERM
 
     def start(self) -> None:
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -230,7 +232,7 @@ class Process:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
+        self.process.send_signal(self.stop_signal)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -299,7 +301,8 @@ def replica(workdir: Path, index: int, host: str, port: int, env: dict[str, str]
         f"{host}:{port}",
         "tokens_service.wsgi:application",
     ]
-    return Process(f"replica-{index}@{host}", argv, env, workdir / f"replica-{index}.log", address=(host, port))
+    log_path = workdir / f"replica-{index}.log"
+    return Process(f"replica-{index}@{host}", argv, env, log_path, address=(host, port), stop_signal=signal.SIGQUIT)
 
 
 def haproxy(workdir: Path, config_text: str) -> Process:
