@@ -66,7 +66,7 @@ test-sqlite: $(STAMP)
 test-postgres: $(STAMP)
 	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest
 
-# The deployed topology on 127.0.0.1 (HAProxy, three replicas, PgBouncer, PostgreSQL, Redis; about 30 s):
+# The deployed topology on 127.0.0.1 (HAProxy, three replicas, PgBouncer, PostgreSQL, Redis; 30-45 s):
 # the same test `make test` runs in its PostgreSQL lane, alone and verbose. Needs: apt-get install haproxy pgbouncer.
 topology: $(STAMP)
 	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest tests/test_topology.py -v -s
