@@ -17,7 +17,7 @@ DEPLOY_ENV := $(TEST_ENV) DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets
 	DJANGO_SECURE_SSL=1 DJANGO_SECURE_SSL_REDIRECT=1 DJANGO_BEHIND_TLS_PROXY=1 DJANGO_HSTS_SECONDS=31536000 \
 	DJANGO_HSTS_INCLUDE_SUBDOMAINS=1 DJANGO_HSTS_PRELOAD=1 DJANGO_ALLOWED_HOSTS=tokens.example.com
 
-.PHONY: run test venv lint schema system-packages test-sqlite test-postgres coverage bench
+.PHONY: run test venv lint schema system-packages test-sqlite test-postgres coverage bench topology
 
 $(STAMP): requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ test-postgres: $(STAMP)
 coverage: $(STAMP)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report $(if $(COVERAGE_FLOOR),--fail-under=$(COVERAGE_FLOOR))
+
+# The deployed topology on 127.0.0.1 (HAProxy, three replicas, PgBouncer, PostgreSQL, Redis; 30-45 s):
+# the same test `make test` runs in its PostgreSQL lane, alone and verbose. Needs: apt-get install haproxy pgbouncer.
+topology: $(STAMP)
+	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest tests/test_topology.py -v -s
 
 # The performance benchmark (not part of `make test`): service versus a framework-free baseline on
 # PostgreSQL under gunicorn, driven by wrk (installed with apt-get when missing). About 7 minutes.

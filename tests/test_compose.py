@@ -129,8 +129,10 @@ def test_services_health_checks_and_start_order():
     assert reverse("health-ready") in " ".join(app["healthcheck"]["test"])
     assert migrate["image"] == app["image"]
     assert migrate["build"] == app["build"] == "."
-    # `docker compose stop` waits longer than gunicorn lets requests in flight finish.
-    assert seconds(app["stop_grace_period"]) > int(app["environment"]["GUNICORN_GRACEFUL_TIMEOUT"])
+    # `docker compose stop` waits longer than gunicorn drains and then lets requests in flight finish.
+    app_env = app["environment"]
+    drain_and_finish = int(app_env["GUNICORN_DRAIN_SECONDS"]) + int(app_env["GUNICORN_GRACEFUL_TIMEOUT"])
+    assert seconds(app["stop_grace_period"]) > drain_and_finish
 
     lb = services["lb"]
     assert lb["depends_on"] == {"app": {"condition": "service_healthy"}}
@@ -185,6 +187,9 @@ def test_load_balancer_points_at_the_app_replicas():
     assert int(template[2]) >= int(services["app"]["deploy"]["replicas"])
     assert "check" in template
     assert "resolvers" in template
+    # A stopping replica drains longer than the balancer takes to take it out of rotation.
+    detect = seconds(template[template.index("inter") + 1]) * int(template[template.index("fall") + 1])
+    assert int(services["app"]["environment"]["GUNICORN_DRAIN_SECONDS"]) > detect
 
     # Active health checks on readiness, with a Host the app allows.
     check = directive(backend, "http-check", "send")

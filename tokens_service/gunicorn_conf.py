@@ -5,8 +5,11 @@ Timeouts nest so the innermost fires first: PostgreSQL's lock_timeout (3 s) and 
 ``timeout`` (30 s) kills the worker, which is before the load balancer gives up on the request.
 """
 
+import mmap
 import multiprocessing
 import os
+import time
+from typing import Any
 
 from tokens_service.wsgi_hardening import install_json_error_pages
 
@@ -33,6 +36,13 @@ timeout = _int("GUNICORN_TIMEOUT", 30)
 # grace period longer than this).
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
+# Behind a balancer that health-checks readiness: on SIGTERM, first answer readiness with 503 for this
+# many seconds while still serving everything else, so the balancer stops routing here, then stop
+# gracefully. Without it a connection the balancer opens just before the stop waits in the listen
+# backlog and is reset when the workers exit (a lost request). 0 (the default) stops at once.
+drain_seconds = _int("GUNICORN_DRAIN_SECONDS", 0)
+# One shared byte, set by the master and read by every worker forked from it.
+_draining = mmap.mmap(-1, 1)
 # Recycling workers bounds the damage of a slow leak; off unless configured.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
@@ -74,3 +84,38 @@ logconfig_dict = {
 # gunicorn's own 400/414/431 answers become JSON that quotes nothing of the request (a malformed
 # header line may hold a key). Patched in the master, so every forked worker inherits it.
 install_json_error_pages()
+
+
+def when_ready(server: Any) -> None:
+    """In the master: make SIGTERM drain first (``GUNICORN_DRAIN_SECONDS``). A second SIGTERM stops at once."""
+    if drain_seconds <= 0:
+        return
+    stop_at: list[float] = []
+    graceful_stop, manage_workers = server.handle_term, server.manage_workers
+
+    def handle_term() -> None:
+        if stop_at:
+            graceful_stop()
+        _draining[0] = 1
+        stop_at.append(time.monotonic() + drain_seconds)
+        server.log.info("draining for %s s: readiness answers 503, then a graceful stop", drain_seconds)
+
+    def manage_workers_until_drained() -> None:
+        if stop_at and time.monotonic() >= stop_at[0]:
+            graceful_stop()  # raises StopIteration: the master's usual graceful shutdown
+        manage_workers()
+
+    server.handle_term, server.manage_workers = handle_term, manage_workers_until_drained
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker: while the master drains, readiness answers 503 (everything else is served)."""
+    app = worker.wsgi
+
+    def app_unless_draining(environ: dict[str, Any], start_response: Any) -> Any:
+        if _draining[0] and environ.get("PATH_INFO") == "/-/health/ready/":
+            start_response("503 Service Unavailable", [("Content-Type", "application/json"), ("Retry-After", "5")])
+            return [b'{"status": "draining"}']
+        return app(environ, start_response)
+
+    worker.wsgi = app_unless_draining

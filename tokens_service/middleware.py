@@ -1,14 +1,16 @@
-"""Request-scoped plumbing: a request id on every request and response, 503s for database outages and
-500s for every other database error."""
+"""Request-scoped plumbing: a request id on every request and response, 503s for database outages, 500s
+for every other database error, and dropping persistent database connections the server has ended."""
 
 import logging
 import re
+import select
 import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError
+import psycopg
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -82,6 +84,30 @@ def server_error_for_database_bug(exception: DatabaseError) -> JsonResponse:
     return JsonResponse({"detail": SERVER_ERROR_DETAIL, "code": "server_error"}, status=500)
 
 
+def close_connections_the_server_ended() -> None:
+    """Close each persistent PostgreSQL connection whose server side has hung up, without a round trip.
+
+    An idle connection receives nothing between requests unless the server ends it (a restart, a
+    terminated backend, an idle timeout): then its socket turns readable (the FATAL message, then end
+    of file). One non-blocking poll finds that, and the request's first query opens a new connection.
+    This replaces Django's health check (``CONN_HEALTH_CHECKS``), a ``SELECT 1`` round trip per request;
+    as with it, a server that goes away after the check fails that request's query (a 503).
+    """
+    for conn in connections.all(initialized_only=True):
+        raw = conn.connection
+        if raw is None or conn.vendor != "postgresql" or conn.in_atomic_block:
+            continue
+        try:
+            fd = raw.pgconn.socket
+        except psycopg.Error:  # the connection is already closed or lost
+            conn.close()
+            continue
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)  # errors and hang-ups are always reported
+        if raw.closed or raw.broken or poller.poll(0):
+            conn.close()
+
+
 class DatabaseUnavailableMiddleware:
     """Answers 503 JSON ``{"detail", "code": "service_unavailable"}`` when a view fails because the
     database is unavailable, for every view, not only the API (whose exception handler does the same);
@@ -95,6 +121,7 @@ class DatabaseUnavailableMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        close_connections_the_server_ended()
         response = self.get_response(request)
         if response.status_code == 503 and not response.has_header("Retry-After"):
             response["Retry-After"] = RETRY_AFTER_SECONDS

@@ -99,12 +99,15 @@ SQLITE_PATH = Path(os.environ.get("SQLITE_PATH", BASE_DIR / "var" / "db.sqlite3"
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{SQLITE_PATH}",
-        # One persistent connection per worker thread, health-checked (SELECT 1) at its first use in each
-        # request, so once a restarted PostgreSQL is back no request fails. Measured against psycopg's pool
-        # (Django's OPTIONS["pool"]): the same per-request cost, but after a restart the pool's reconnect
-        # backoff kept answering 503 for a while; with sync workers a pool buys nothing. See README.
+        # One persistent connection per worker thread. At the start of each request the middleware
+        # (tokens_service.middleware.close_connections_the_server_ended) polls its socket, without a round
+        # trip, and drops it if the server hung up, so once a restarted PostgreSQL is back no request fails.
+        # Django's own health check (a SELECT 1 round trip per request) stays available: DB_CONN_HEALTH_CHECKS=1.
+        # Measured against psycopg's pool (Django's OPTIONS["pool"]): the same per-request cost, but after a
+        # restart the pool's reconnect backoff kept answering 503 for a while; with sync workers a pool buys
+        # nothing. See README.
         conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
-        conn_health_checks=True,
+        conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS"),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
