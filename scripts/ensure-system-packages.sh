@@ -2,8 +2,8 @@
 # The machine packages `make test` needs beyond Python, installed from Debian when missing.
 #   required: chromium, chromium-driver (the browser tests drive /usr/bin/chromium; they fail without it)
 #             python3-venv (only while .venv does not exist yet: `python3 -m venv` needs ensurepip)
-#   optional: haproxy, pgbouncer (only tests that put a load balancer or a connection pooler in front
-#             of the service start them; small, so they come in the same apt-get step)
+#             haproxy, pgbouncer (the topology and slow-client tests put the repository's load balancer and
+#             a connection pooler in front of the service; they fail without them)
 # As root, missing packages are installed with apt-get. Otherwise a missing required package stops the
 # run at once with the exact command to run; a missing optional one is only reported.
 set -eu
@@ -17,8 +17,8 @@ optional=""
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
     required="$required python3-venv"
 fi
-[ -x /usr/sbin/haproxy ] || optional="$optional haproxy"
-[ -x /usr/sbin/pgbouncer ] || optional="$optional pgbouncer"
+[ -x /usr/sbin/haproxy ] || required="$required haproxy"
+[ -x /usr/sbin/pgbouncer ] || required="$required pgbouncer"
 
 missing="$required$optional"
 [ -n "$missing" ] || exit 0
