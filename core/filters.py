@@ -37,7 +37,7 @@ class SingleValuedQueryParameters(BaseFilterBackend):
 
 
 class StableOrderingFilter(OrderingFilter):
-    """DRF's ``ordering`` parameter with the primary key appended as the last sort key.
+    """DRF's ``ordering`` parameter with the primary key appended as the last sort key (same direction).
 
     Without a unique last key, rows that tie (same ``expires``, same ``created``) may change places
     between two page queries, so a client walking the pages could see a row twice or never.
@@ -46,7 +46,10 @@ class StableOrderingFilter(OrderingFilter):
     def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> list[str]:
         ordering = list(super().get_ordering(request, queryset, view) or [])
         if not {"pk", "-pk"} & set(ordering):
-            ordering.append("pk")
+            # In the direction of the last key, so that an index on (column, pk) serves both directions
+            # with one scan, forwards or backwards, instead of sorting every row that ties.
+            descending = bool(ordering) and ordering[-1].startswith("-")
+            ordering.append("-pk" if descending else "pk")
         return ordering
 
 
