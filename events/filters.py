@@ -63,7 +63,18 @@ class IPAddressFilter(filters.CharFilter):
 
 @extend_schema_field({"$ref": "#/components/schemas/EventActions"})
 class EventActionsFilter(filters.MultipleChoiceFilter):
-    """Repeatable exact actions; documented as an array of the shared ``EventActions`` enum."""
+    """Repeatable exact actions; documented as an array of the shared ``EventActions`` enum.
+
+    One ``action IN (...)``, without django-filter's default ``DISTINCT`` (the filter is on a column of
+    the event itself, so it cannot repeat rows; a DISTINCT over every column would sort every match).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("distinct", False)
+        super().__init__(*args, **kwargs)
+
+    def filter(self, qs: QuerySet[Event], value: list[str]) -> QuerySet[Event]:
+        return qs.filter(action__in=value) if value else qs
 
 
 class EventFilter(filters.FilterSet):

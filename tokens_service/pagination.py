@@ -1,33 +1,61 @@
 """authentik's pagination envelope over a bounded window of rows, so no list request scans millions of rows."""
 
+import json
 from functools import cached_property
 from typing import Any
 
 from django.core.paginator import Paginator as DjangoPaginator
+from django.db import connections
+from django.db.models import QuerySet
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
-# Page numbers reach the first MAX_PAGINATED_ROWS rows of a result, and `count` counts up to there.
+# Pages reach the first MAX_PAGINATED_ROWS rows of a result. `count` is exact up to EXACT_COUNT_LIMIT;
+# beyond, it is the database's estimate of the matching rows (PostgreSQL), or MAX_PAGINATED_ROWS.
 MAX_PAGINATED_ROWS = 10_000
+EXACT_COUNT_LIMIT = 1_000
+
+
+def _estimated_rows(rows: QuerySet[Any]) -> int | None:
+    """PostgreSQL's estimate of how many rows ``rows`` matches (its planner's, from table statistics)."""
+    if connections[rows.db].vendor != "postgresql":
+        return None
+    plan = json.loads(rows.order_by().explain(format="json"))
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 class BoundedPaginator(DjangoPaginator):
-    """Django's paginator whose ``count`` stops at ``MAX_PAGINATED_ROWS``.
+    """Django's paginator that never counts or skips more than a bounded number of rows.
 
-    Counting every row of a filter that matches millions takes as long as reading them; counting at most
-    ``MAX_PAGINATED_ROWS + 1`` (``SELECT count(*) FROM (... LIMIT n)``) costs at most that many index
-    entries. The pages then end at that row: a page past it is "Invalid page." (404), like any page past
-    the end, so an offset never grows beyond the bound either.
+    Counting every row of a filter that matches millions takes as long as reading them. ``count`` counts
+    at most ``EXACT_COUNT_LIMIT + 1`` rows (``SELECT count(*) FROM (... LIMIT n)``); when there are more,
+    it reports the planner's estimate (at least ``EXACT_COUNT_LIMIT + 1``), which costs a plan and no row.
+    ``num_pages`` counts the pages that start before row ``MAX_PAGINATED_ROWS``: a later page is "Invalid
+    page." (404), like a page past the end, so no request makes the database skip more rows than that.
     """
 
     @cached_property
     def count(self) -> int:
         rows = self.object_list
-        if hasattr(rows, "order_by"):
-            # The count needs no ordering; a sort would make the database read every match first.
-            return int(rows.order_by()[:MAX_PAGINATED_ROWS].count())
-        return min(len(rows), MAX_PAGINATED_ROWS)
+        if not isinstance(rows, QuerySet):
+            return len(rows)
+        # The count needs no ordering; a sort would make the database read every match first.
+        counted = int(rows.order_by()[: EXACT_COUNT_LIMIT + 1].count())
+        if counted <= EXACT_COUNT_LIMIT:
+            return counted
+        estimate = _estimated_rows(rows)
+        return (
+            max(estimate, counted)
+            if estimate is not None
+            else min(rows.order_by()[:MAX_PAGINATED_ROWS].count(), MAX_PAGINATED_ROWS)
+        )
+
+    @cached_property
+    def num_pages(self) -> int:
+        """The pages that can be reached: those starting before row ``MAX_PAGINATED_ROWS``."""
+        reachable = -(-MAX_PAGINATED_ROWS // self.per_page)
+        return min(super().num_pages, reachable)
 
 
 class Pagination(PageNumberPagination):
@@ -35,7 +63,8 @@ class Pagination(PageNumberPagination):
 
     ``page_size`` must be a positive integer (400 otherwise; DRF would silently use the default), and is
     capped at ``max_page_size``. A ``page`` that is not a page of the result set is DRF's 404 "Invalid page.".
-    ``count`` is exact up to ``MAX_PAGINATED_ROWS`` and that number when more rows match; pages end there.
+    ``count`` is exact up to ``EXACT_COUNT_LIMIT`` and an estimate beyond; pages reach the first
+    ``MAX_PAGINATED_ROWS`` rows.
     """
 
     django_paginator_class = BoundedPaginator
@@ -65,9 +94,9 @@ class Pagination(PageNumberPagination):
             if parameter["name"] == self.page_query_param:
                 parameter["description"] = (
                     f"{parameter.get('description', 'A page number within the paginated result set.')} "
-                    f"Pages reach the first {MAX_PAGINATED_ROWS} rows of a result (page x page_size <= "
-                    f"{MAX_PAGINATED_ROWS}); pagination.count is exact up to {MAX_PAGINATED_ROWS} and "
-                    f"{MAX_PAGINATED_ROWS} when more rows match. Narrow the filters to reach further rows."
+                    f"Pages reach the first {MAX_PAGINATED_ROWS} rows of a result: a page starting beyond "
+                    f"them is 404 (narrow the filters or reverse the ordering instead). pagination.count is "
+                    f"exact up to {EXACT_COUNT_LIMIT}; above, it is the database's estimate."
                 )
         return parameters
 
