@@ -207,10 +207,7 @@ def _visible_sql(vendor: str) -> str:
     # the token's key through its index (object permissions on tokens are only ever written by this
     # service, from a token's pk; a malformed one would fail the query, a 503, never widen it).
     # SQLite stores uuids as 32 hex digits: remove the dashes.
-    if vendor == "postgresql":
-        as_pk = "object_pk::uuid"
-    else:
-        as_pk = "replace(object_pk, '-', '')"
+    as_pk = "object_pk::uuid" if vendor == "postgresql" else "replace(object_pk, '-', '')"
     user_groups = User.groups.through._meta.db_table
     token_type = f"(SELECT id FROM {ContentType._meta.db_table} WHERE app_label = %s AND model = %s)"  # noqa: S608
     # Only model metadata is formatted into the SQL; values are always parameters.

@@ -179,9 +179,8 @@ def test_filters(reader):
         context={"model": {"app": "authentik_core", "model_name": "token", "pk": token_pk.hex, "name": "ci"}},
         brand={"name": "main"},
     )
-    make_event(
-        EventAction.MODEL_DELETED, context={"model": {"app": "other", "model_name": "thing", "pk": 42, "name": "Widget"}}
-    )
+    deleted = {"app": "other", "model_name": "thing", "pk": 42, "name": "Widget"}
+    make_event(EventAction.MODEL_DELETED, context={"model": deleted})
     make_event(EventAction.SECRET_VIEW, context={"authorized_application": {"pk": "app1"}, "device": {"pk": "d1"}})
 
     def actions(**params):
