@@ -137,4 +137,8 @@ class EventViewSet(ReadOnlyModelViewSet):
         rows = event_volume(
             events, history_days=query.validated_data["history_days"], action_filter=self._rollup_action_filter()
         )
-        return Response(EventVolumeSerializer(rows, many=True).data)
+        # What EventVolumeSerializer(rows, many=True).data gives, without its per-field work on every row (a
+        # year of days times actions is thousands of rows): each day is formatted once.
+        time_field = serializers.DateTimeField()
+        times = {time: time_field.to_representation(time) for time in {row["time"] for row in rows}}
+        return Response([{"action": row["action"], "time": times[row["time"]], "count": row["count"]} for row in rows])
