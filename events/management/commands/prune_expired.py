@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from core.services import tokens_delete_expired
 from events.models import Event, EventVolume
+from events.partitions import drop_expired_partitions, is_partitioned
 from events.selectors import event_volume_rollup
 from events.utils import SYSTEM_REQUEST
 
@@ -19,11 +20,17 @@ MAX_HISTORY_DAYS = 366  # the longest history /events/volume/ serves
 def events_delete_expired(*, now: datetime, batch_size: int) -> int:
     """Delete events whose ``expires`` is at or before ``now``, ``batch_size`` rows per transaction.
 
+    On a partitioned table (PostgreSQL), month partitions that ended before ``now`` and hold no
+    unexpired row are dropped whole first (``events.partitions.drop_expired_partitions``).
+
     Events are append-only and nothing else locks them, so each batch is a short ``DELETE`` by
     primary key found through the ``expires`` index; serving requests never wait behind a long one.
     """
     total = 0
     newest: datetime | None = None
+    if is_partitioned():
+        # Whole months first: a partition without an unexpired row is dropped, not emptied row by row.
+        total, newest = drop_expired_partitions(now=now)
     while True:
         with transaction.atomic():
             rows = list(Event.objects.filter(expires__lte=now).order_by().values_list("pk", "created")[:batch_size])
