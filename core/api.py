@@ -15,7 +15,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.decorators import action
-from rest_framework.filters import SearchFilter
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
 from rest_framework.renderers import BaseRenderer
@@ -23,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import ModelViewSet
 
-from core.filters import SingleValuedQueryParameters, StableOrderingFilter, TokenFilter
+from core.filters import SingleValuedQueryParameters, StableOrderingFilter, TokenFilter, TokenSearchFilter
 from core.models import Token, TokenIntents, User
 from core.permissions import CanSetTokenKey
 from core.rotation import MAX_GRACE_SECONDS, RotationForbidden, token_rotate
@@ -474,7 +473,7 @@ class TokenViewSet(ModelViewSet):
     # query, so a NUL or other junk in the path never reaches the database (PostgreSQL rejects NUL).
     lookup_value_regex = "[-a-zA-Z0-9_]+"
     permission_classes = [IsAuthenticated, TokenObjectPermission]
-    filter_backends = [SingleValuedQueryParameters, DjangoFilterBackend, SearchFilter, StableOrderingFilter]
+    filter_backends = [SingleValuedQueryParameters, DjangoFilterBackend, TokenSearchFilter, StableOrderingFilter]
     filterset_class = TokenFilter
     search_fields = ["identifier", "intent", "user__username", "description"]
     ordering = ["identifier", "expires"]

@@ -178,14 +178,19 @@ def tokens_visible_to(user: User) -> QuerySet[Token]:
     Everything for active superusers and holders of the global ``authentik_core.view_token``;
     otherwise the user's own tokens plus those on which the user, or one of its groups, holds any
     guardian object permission (holding ``change_token`` or ``view_token_key`` on a token implies
-    seeing it). Inactive users see nothing. The object-permission part is an ``EXISTS`` per row, so
-    the list stays one query however many permissions exist.
+    seeing it). Inactive users see nothing.
+
+    Here an ``OR`` of ``EXISTS``, tested against every token; ``core.fastpath.visible_token_pks`` gives
+    the same set as one ``pk IN (... UNION ...)`` of three index lookups, which reads only the user's own
+    rows however many tokens exist (README, "Scale").
     """
     tokens = Token.objects.select_related("user")
     if not user.is_active:
         return tokens.none()
     if user_has_global_perm(user, "authentik_core", "view_token"):
         return tokens
+    if fastpath.enabled():
+        return tokens.filter(pk__in=fastpath.visible_token_pks(user))
     annotation, pk_match = _object_pk_matches(OuterRef("pk"))
     token_type = {"content_type__app_label": "authentik_core", "content_type__model": "token"}
     user_object = UserObjectPermission.objects.annotate(**annotation).filter(pk_match, user_id=user.pk, **token_type)

@@ -12,6 +12,7 @@ class EventAction(models.TextChoices):
     LOGIN_FAILED = "login_failed"
     LOGOUT = "logout"
     USER_WRITE = "user_write"
+    USER_OFFBOARDED = "user_offboarded"
     SUSPICIOUS_REQUEST = "suspicious_request"
     PASSWORD_SET = "password_set"  # noqa: S105
     SECRET_VIEW = "secret_view"  # noqa: S105
@@ -40,6 +41,10 @@ class EventAction(models.TextChoices):
     REVIEW_OVERDUE = "review_overdue"
     REVIEW_ATTESTED = "review_attested"
     REVIEW_COMPLETED = "review_completed"
+    ACCESS_REQUEST_CREATED = "access_request_created"
+    ACCESS_REQUEST_APPROVED = "access_request_approved"
+    ACCESS_REQUEST_DENIED = "access_request_denied"
+    ACCESS_REQUEST_REVOKED = "access_request_revoked"
     CUSTOM_PREFIX = "custom_"
 
 
@@ -63,11 +68,36 @@ class Event(models.Model):
     class Meta:
         verbose_name = "Event"
         verbose_name_plural = "Events"
+        # Every list order has an index whose columns end with the tie-breaker the ordering filter adds
+        # (the pk, or created), so a page is an index range, not a sort. PostgreSQL also gets expression
+        # indexes for the JSON filters and the search (migration 0003).
         indexes = [
-            models.Index(fields=["action"], name="event_action_idx"),
-            models.Index(fields=["-created"], name="event_created_idx"),
+            models.Index(fields=["action", "event_uuid"], name="event_action_pk_idx"),
+            models.Index(fields=["-created", "action"], name="event_created_action_idx"),
             models.Index(fields=["expires"], name="event_expires_idx"),
+            models.Index(fields=["app", "event_uuid"], name="event_app_pk_idx"),
+            models.Index(fields=["client_ip", "created"], name="event_client_ip_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.action} by {self.user.get('username', '?')} at {self.created:%Y-%m-%d %H:%M:%S}"
+
+
+class EventVolume(models.Model):
+    """Events per UTC day and action, for days that are over: the rollup behind ``/events/volume/``.
+
+    Filled on demand by ``events.selectors.event_volume`` (and by ``prune_expired``) from the event table,
+    one ``GROUP BY`` per run of missing days. A row with ``action = ""`` and ``count = 0`` marks a day
+    as counted (a day without events has no other row). Rows of a day from which retention deleted
+    events are removed, so that the day is counted again.
+    """
+
+    day = models.DateTimeField()
+    action = models.TextField(blank=True)
+    count = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "action"], name="eventvolume_day_action_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.day:%Y-%m-%d} {self.action or '(counted)'}: {self.count}"

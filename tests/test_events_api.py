@@ -179,7 +179,8 @@ def test_filters(reader):
         context={"model": {"app": "authentik_core", "model_name": "token", "pk": token_pk.hex, "name": "ci"}},
         brand={"name": "main"},
     )
-    make_event(EventAction.MODEL_DELETED, context={"model": {"app": "other", "model_name": "thing", "pk": 42}})
+    deleted = {"app": "other", "model_name": "thing", "pk": 42, "name": "Widget"}
+    make_event(EventAction.MODEL_DELETED, context={"model": deleted})
     make_event(EventAction.SECRET_VIEW, context={"authorized_application": {"pk": "app1"}, "device": {"pk": "d1"}})
 
     def actions(**params):
@@ -201,8 +202,15 @@ def test_filters(reader):
     assert actions(context_device="d1") == ["secret_view"]
     assert actions(brand_name="main") == ["model_created"]
     assert actions(search="alice") == ["login"]
-    assert actions(search="thing") == ["model_deleted"]
+    # search: each term starts the action, username, client address or object name, in any case
+    assert actions(search="wid") == ["model_deleted"]
+    assert actions(search="ALI") == ["login"]
+    assert actions(search="secret") == ["secret_view"]
+    assert actions(search="model_c") == ["model_created"]
     assert actions(search="203.0.113") == ["login"]
+    assert actions(search="thing") == []  # model_name is not searched (it is a filter)
+    assert actions(search="lice") == []  # prefixes, not substrings
+    assert actions(search="ci 100%_") == []
 
 
 @pytest.mark.parametrize(

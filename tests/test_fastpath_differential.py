@@ -33,7 +33,10 @@ class _Undo(Exception):
 
 def snapshot() -> dict[str, Any]:
     tokens = sorted(
-        (str(t.pk), t.identifier, t.key, t.key_digest, t.intent, t.user_id, t.description, t.expires, t.expiring)
+        (
+            *(str(t.pk), t.identifier, t.key, t.key_digest, t.intent, t.user_id, t.description, t.expires),
+            *(t.expiring, t.previous_key_digest, t.previous_key_expires),
+        )
         for t in Token.objects.all()
     )
     events = sorted(
@@ -197,3 +200,28 @@ def test_statements_per_set_key(kind, fast, statements, world, make_user, make_g
         services.token_set_key(token_identifier="target", key=generate_key(), actor=caller, request_meta=META)
     sent = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
     assert len(sent) == statements
+
+
+@pytest.mark.parametrize("kind", [*CALLERS, "owner"])
+def test_visible_tokens_agree(kind, world, make_user, make_group, make_token):
+    # A token seen through "view_token_key" only, and one through a group's object permission of another kind.
+    caller = world["owner"] if kind == "owner" else caller_of(kind, world, make_user, make_group, "view_token_key")
+    unrelated = make_token(make_user(), identifier="unrelated")
+    if kind == "none":
+        group = make_group()
+        caller.groups.add(group)
+        assign_perm("authentik_core.change_token", group, unrelated)
+    visible = both(lambda: sorted(token.identifier for token in selectors.tokens_visible_to(caller)))
+    world_tokens = ["expired", "kept", "other", "target"]
+    expected = {
+        "superuser": sorted([*world_tokens, "unrelated"]),
+        "owner": world_tokens,
+        "user-object": ["expired", "kept", "target"],
+        "group-object": ["expired", "kept", "target"],
+        "none": ["unrelated"],  # through its group's object permission (of another codename)
+        # A global view_token_key is not view_token: it shows no token by itself.
+        "user-global": [],
+        "group-global": [],
+        "inactive": [],
+    }
+    assert visible["result"] == expected[kind]

@@ -9,13 +9,13 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from tokens_service.errors import FieldConflict, ObjectNotFound
 from tokens_service.middleware import DATABASE_UNAVAILABLE, SERVER_ERROR_DETAIL, log_database_bug
+from tokens_service.pagination import Pagination  # noqa: F401  # REST_FRAMEWORK names it here
 
 
 class DuplicateMemberError(ValueError):
@@ -49,69 +49,6 @@ class StrictJSONParser(JSONParser):
             raise exceptions.ParseError("JSON object has a duplicate member.") from exc
         except (ValueError, RecursionError) as exc:
             raise exceptions.ParseError("Malformed JSON.") from exc
-
-
-class Pagination(PageNumberPagination):
-    """authentik's envelope: numeric page links (0 when absent), counts and an autocomplete map.
-
-    ``page_size`` must be a positive integer (400 otherwise; DRF would silently use the default), and is
-    capped at ``max_page_size``. A ``page`` that is not a page of the result set is DRF's 404 "Invalid page.".
-    """
-
-    page_size_query_param = "page_size"
-    max_page_size = 100
-
-    def get_page_size(self, request: Any) -> int:
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            assert self.page_size is not None  # REST_FRAMEWORK["PAGE_SIZE"]
-            return self.page_size
-        # Digits only: int() would also take " 5", "+5" and "1_0". Too many digits is a ValueError too.
-        try:
-            size = int(raw) if raw.isascii() and raw.isdigit() else 0
-        except ValueError:
-            size = 0
-        if size < 1:
-            # The message does not quote the value (query strings can carry secrets by mistake).
-            raise exceptions.ValidationError({self.page_size_query_param: ["A positive integer is required."]})
-        return min(size, self.max_page_size)
-
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.page_size_query_param:
-                parameter["schema"] = {**parameter["schema"], "minimum": 1}
-        return parameters
-
-    def get_paginated_response(self, data: Any) -> Response:
-        page = self.page
-        assert page is not None  # set by paginate_queryset, which DRF always calls first
-        return Response(
-            {
-                "pagination": {
-                    "next": page.next_page_number() if page.has_next() else 0,
-                    "previous": page.previous_page_number() if page.has_previous() else 0,
-                    "count": page.paginator.count,
-                    "current": page.number,
-                    "total_pages": page.paginator.num_pages,
-                    "start_index": page.start_index(),
-                    "end_index": page.end_index(),
-                },
-                "results": data,
-                "autocomplete": {},
-            }
-        )
-
-    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "properties": {
-                "pagination": {"$ref": "#/components/schemas/Pagination"},
-                "results": schema,
-                "autocomplete": {"$ref": "#/components/schemas/Autocomplete"},
-            },
-            "required": ["pagination", "results", "autocomplete"],
-        }
 
 
 class ServiceUnavailable(exceptions.APIException):

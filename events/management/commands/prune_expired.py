@@ -1,6 +1,6 @@
 """Retention: delete expired audit events and expired non-API tokens, in small batches."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -8,28 +8,43 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.services import tokens_delete_expired
-from events.models import Event
+from events.models import Event, EventVolume
+from events.partitions import drop_expired_partitions, is_partitioned
+from events.selectors import event_volume_rollup
 from events.utils import SYSTEM_REQUEST
 
 DEFAULT_BATCH_SIZE = 500
+MAX_HISTORY_DAYS = 366  # the longest history /events/volume/ serves
 
 
 def events_delete_expired(*, now: datetime, batch_size: int) -> int:
     """Delete events whose ``expires`` is at or before ``now``, ``batch_size`` rows per transaction.
 
+    On a partitioned table (PostgreSQL), month partitions that ended before ``now`` and hold no
+    unexpired row are dropped whole first (``events.partitions.drop_expired_partitions``).
+
     Events are append-only and nothing else locks them, so each batch is a short ``DELETE`` by
     primary key found through the ``expires`` index; serving requests never wait behind a long one.
     """
     total = 0
+    newest: datetime | None = None
+    if is_partitioned():
+        # Whole months first: a partition without an unexpired row is dropped, not emptied row by row.
+        total, newest = drop_expired_partitions(now=now)
     while True:
         with transaction.atomic():
-            batch = list(Event.objects.filter(expires__lte=now).order_by().values_list("pk", flat=True)[:batch_size])
-            if not batch:
+            rows = list(Event.objects.filter(expires__lte=now).order_by().values_list("pk", "created")[:batch_size])
+            if not rows:
                 break
-            deleted, _ = Event.objects.filter(pk__in=batch).delete()
+            deleted, _ = Event.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
         total += deleted
-        if len(batch) < batch_size:
+        latest = max(created for _, created in rows)
+        newest = latest if newest is None else max(newest, latest)
+        if len(rows) < batch_size:
             break
+    if newest is not None:
+        # The rolled-up days that lost events are counted again when next needed.
+        EventVolume.objects.filter(day__lte=newest).delete()
     return total
 
 
@@ -57,4 +72,6 @@ class Command(BaseCommand):
         events = events_delete_expired(now=now, batch_size=batch_size)
         # Tokens second: their model_deleted events are new and far from expiry.
         tokens = tokens_delete_expired(now=now, batch_size=batch_size, request_meta=SYSTEM_REQUEST)
+        # Count the days that are over into the volume rollup, so /events/volume/ requests need not.
+        event_volume_rollup(first_day=now - timedelta(days=MAX_HISTORY_DAYS + 1), now=now)
         self.stdout.write(f"Deleted {events} expired events and {tokens} expired tokens.")

@@ -1,0 +1,205 @@
+"""What keeps the lists fast at millions of rows: bounded counts and pages, the volume rollup, query shapes."""
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from guardian.shortcuts import assign_perm
+
+from core.models import Token
+from core.selectors import tokens_visible_to
+from events.models import Event, EventAction, EventVolume
+from events.selectors import event_volume
+from tokens_service import pagination
+
+VIEW_EVENT = "authentik_events.view_event"
+
+
+@pytest.fixture
+def reader(make_user, make_token, bearer):
+    return bearer(make_token(make_user(perms=(VIEW_EVENT,)), identifier="reader"))
+
+
+def make_events(count: int, *, action: str = EventAction.LOGIN, created=None, **fields) -> None:
+    fields.setdefault("user", {"pk": 1, "username": "root"})
+    Event.objects.bulk_create(
+        [Event(action=action, app="test", created=created or timezone.now(), **fields) for _ in range(count)]
+    )
+
+
+# --- bounded counts and pages ------------------------------------------------------------------------
+
+
+def test_count_is_exact_up_to_the_limit(reader, monkeypatch):
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", 5)
+    make_events(5)
+    body = reader.get(reverse("event-list")).json()
+    assert body["pagination"]["count"] == 5
+
+
+def test_count_beyond_the_limit_is_at_least_what_was_counted(reader, monkeypatch):
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", 5)
+    make_events(12)
+    body = reader.get(reverse("event-list"), {"page_size": 3}).json()
+    # PostgreSQL: the planner's estimate (never below the rows counted); SQLite: counted up to the page bound.
+    assert body["pagination"]["count"] >= 6
+    if connection.vendor != "postgresql":
+        assert body["pagination"]["count"] == 12
+
+
+def test_pages_end_at_the_row_bound(reader, monkeypatch):
+    monkeypatch.setattr(pagination, "MAX_PAGINATED_ROWS", 7)
+    make_events(12)
+    first = reader.get(reverse("event-list"), {"page_size": 3}).json()["pagination"]
+    assert first["total_pages"] == 3  # pages starting at rows 1, 4 and 7
+    last = reader.get(reverse("event-list"), {"page_size": 3, "page": 3}).json()
+    assert last["pagination"]["next"] == 0
+    assert len(last["results"]) == 3
+    beyond = reader.get(reverse("event-list"), {"page_size": 3, "page": 4})
+    assert beyond.status_code == 404
+    assert beyond.json()["code"] == "not_found"
+
+
+def test_the_page_parameter_documents_the_bound():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    for path in ("/core/tokens/", "/events/events/"):
+        page = next(p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "page")
+        assert f"first {pagination.MAX_PAGINATED_ROWS} rows" in page["description"]
+        assert f"exact up to {pagination.EXACT_COUNT_LIMIT}" in page["description"]
+
+
+# --- query shapes ------------------------------------------------------------------------------------
+
+
+def test_actions_filter_is_one_in_without_distinct(reader):
+    make_events(2, action=EventAction.LOGIN)
+    make_events(1, action=EventAction.LOGOUT)
+    with CaptureQueriesContext(connection) as queries:
+        response = reader.get(reverse("event-list"), {"actions": ["login", "logout"]})
+    assert response.json()["pagination"]["count"] == 3
+    assert not [q for q in queries.captured_queries if "DISTINCT" in q["sql"].upper()]
+
+
+def test_action_substring_also_finds_custom_actions(reader):
+    make_events(1, action="custom_rotation_report")
+    make_events(1, action=EventAction.SECRET_ROTATE)
+    make_events(1, action=EventAction.LOGIN)
+    rows = reader.get(reverse("event-list"), {"action": "ROTAT"}).json()["results"]
+    assert sorted(row["action"] for row in rows) == ["custom_rotation_report", "secret_rotate"]
+
+
+def test_descending_order_breaks_ties_descending(reader):
+    now = timezone.now()
+    make_events(4, created=now)
+    with CaptureQueriesContext(connection) as queries:
+        rows = reader.get(reverse("event-list"), {"ordering": "-created", "page_size": 2}).json()["results"]
+    page_sql = queries.captured_queries[-1]["sql"]
+    assert page_sql.rstrip().split("ORDER BY", 1)[1].count("DESC") == 2
+    assert [row["pk"] for row in rows] == sorted((row["pk"] for row in rows), reverse=True)
+
+
+def test_visibility_is_one_subquery_of_owned_and_permitted_tokens(make_user, make_group, make_token):
+    caller = make_user()
+    own = make_token(caller, identifier="own")
+    shared = make_token(make_user(), identifier="shared")
+    group_shared = make_token(make_user(), identifier="group-shared")
+    make_token(make_user(), identifier="hidden")
+    assign_perm("authentik_core.change_token", caller, shared)
+    group = make_group()
+    caller.groups.add(group)
+    assign_perm("authentik_core.view_token_key", group, group_shared)
+    visible = tokens_visible_to(caller)
+    assert sorted(visible.values_list("identifier", flat=True)) == ["group-shared", "own", "shared"]
+    assert str(visible.query).count(Token._meta.db_table) >= 2  # the page query and its subquery
+    assert own in visible
+
+
+# --- volume rollup -----------------------------------------------------------------------------------
+
+
+def test_volume_rolls_past_days_up_and_reads_them_back(reader, django_assert_max_num_queries):
+    now = timezone.now()
+    make_events(3, created=now - timedelta(days=3))
+    make_events(2, action=EventAction.LOGOUT, created=now - timedelta(days=2))
+    make_events(1, created=now)
+    first = reader.get(reverse("event-volume")).json()
+    assert sum(row["count"] for row in first) == 6
+    assert EventVolume.objects.exclude(action="").count() == 2
+    assert EventVolume.objects.filter(action="").count() >= 6  # every settled day is marked counted
+    # A second request counts nothing again: the marks, the rollup rows, and two index ranges of events.
+    with django_assert_max_num_queries(6):
+        second = reader.get(reverse("event-volume")).json()
+    assert second == first
+
+
+def test_volume_with_an_action_filter_uses_the_rollup_rows_of_that_action(reader):
+    now = timezone.now()
+    make_events(3, created=now - timedelta(days=3))
+    make_events(2, action=EventAction.LOGOUT, created=now - timedelta(days=3))
+    reader.get(reverse("event-volume"))  # fills the rollup
+    rows = reader.get(reverse("event-volume"), {"action": "OUT"}).json()
+    assert [(row["action"], row["count"]) for row in rows] == [("logout", 2)]
+    rows = reader.get(reverse("event-volume"), {"actions": ["login"]}).json()
+    assert [(row["action"], row["count"]) for row in rows] == [("login", 3)]
+
+
+def test_volume_with_other_filters_counts_the_events(reader):
+    now = timezone.now()
+    make_events(3, created=now - timedelta(days=3), user={"username": "alice"})
+    make_events(2, created=now - timedelta(days=3), user={"username": "bob"})
+    reader.get(reverse("event-volume"))  # fills the rollup with 5 logins that day
+    rows = reader.get(reverse("event-volume"), {"username": "alice"}).json()
+    assert [row["count"] for row in rows] == [3]
+
+
+def test_volume_matches_a_plain_group_by_whatever_the_window(db):
+    now = timezone.now()
+    for days in (0, 1, 5, 9, 30):
+        make_events(days + 1, created=now - timedelta(days=days, hours=1))
+    for history_days in (1, 2, 7, 10, 31):
+        rolled = event_volume(Event.objects.all(), history_days=history_days, now=now, action_filter=lambda a: True)
+        live = event_volume(Event.objects.all(), history_days=history_days, now=now)
+        assert rolled == live
+
+
+def test_prune_forgets_the_rolled_up_days_it_deleted_events_from(reader):
+    now = timezone.now()
+    day = now - timedelta(days=3)
+    make_events(2, created=day)
+    Event.objects.create(action=EventAction.LOGIN, app="test", created=day, expires=now - timedelta(seconds=1))
+    assert sum(row["count"] for row in reader.get(reverse("event-volume")).json()) == 3
+    call_command("prune_expired", stdout=io.StringIO())
+    assert sum(row["count"] for row in reader.get(reverse("event-volume")).json()) == 2
+
+
+@pytest.mark.parametrize("max_owner_ids", [0, 1000])
+def test_token_search_matches_identifier_description_intent_and_owner(
+    max_owner_ids, make_user, make_token, bearer, monkeypatch
+):
+    from core.filters import TokenSearchFilter
+
+    monkeypatch.setattr(TokenSearchFilter, "max_owner_ids", max_owner_ids)  # 0: the join path
+    admin = make_user(superuser=True)
+    client = bearer(make_token(admin, identifier="zz-admin"))
+    make_token(make_user(username="Carol"), identifier="c-1")
+    make_token(make_user(), identifier="Deploy-Key")
+    make_token(make_user(), identifier="d-2", description="nightly BACKUP")
+    make_token(make_user(), identifier="d-3", intent="app_password")
+
+    def found(term):
+        rows = client.get(reverse("token-list"), {"search": term}).json()["results"]
+        return sorted(row["identifier"] for row in rows)
+
+    assert found("arol") == ["c-1"]
+    assert found("deploy") == ["Deploy-Key"]
+    assert found("backup") == ["d-2"]
+    assert found("PASSWORD") == ["d-3"]
+    assert found("nightly backup") == ["d-2"]
+    assert found("nothing-like-it") == []

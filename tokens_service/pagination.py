@@ -1,0 +1,131 @@
+"""authentik's pagination envelope over a bounded window of rows, so no list request scans millions of rows."""
+
+import json
+from functools import cached_property
+from typing import Any
+
+from django.core.paginator import Paginator as DjangoPaginator
+from django.db import connections
+from django.db.models import QuerySet
+from rest_framework import exceptions
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+
+# Pages reach the first MAX_PAGINATED_ROWS rows of a result. `count` is exact up to EXACT_COUNT_LIMIT;
+# beyond, it is the database's estimate of the matching rows (PostgreSQL), or MAX_PAGINATED_ROWS.
+MAX_PAGINATED_ROWS = 10_000
+EXACT_COUNT_LIMIT = 1_000
+
+
+def _estimated_rows(rows: QuerySet[Any]) -> int | None:
+    """PostgreSQL's estimate of how many rows ``rows`` matches (its planner's, from table statistics)."""
+    if connections[rows.db].vendor != "postgresql":
+        return None
+    plan = json.loads(rows.order_by().explain(format="json"))
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+class BoundedPaginator(DjangoPaginator):
+    """Django's paginator that never counts or skips more than a bounded number of rows.
+
+    Counting every row of a filter that matches millions takes as long as reading them. ``count`` counts
+    at most ``EXACT_COUNT_LIMIT + 1`` rows (``SELECT count(*) FROM (... LIMIT n)``); when there are more,
+    it reports the planner's estimate (at least ``EXACT_COUNT_LIMIT + 1``), which costs a plan and no row.
+    ``num_pages`` counts the pages that start before row ``MAX_PAGINATED_ROWS``: a later page is "Invalid
+    page." (404), like a page past the end, so no request makes the database skip more rows than that.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        rows = self.object_list
+        if not isinstance(rows, QuerySet):
+            return len(rows)
+        # The count needs no ordering; a sort would make the database read every match first.
+        counted = int(rows.order_by()[: EXACT_COUNT_LIMIT + 1].count())
+        if counted <= EXACT_COUNT_LIMIT:
+            return counted
+        estimate = _estimated_rows(rows)
+        return (
+            max(estimate, counted)
+            if estimate is not None
+            else min(rows.order_by()[:MAX_PAGINATED_ROWS].count(), MAX_PAGINATED_ROWS)
+        )
+
+    @cached_property
+    def num_pages(self) -> int:
+        """The pages that can be reached: those starting before row ``MAX_PAGINATED_ROWS``."""
+        reachable = -(-MAX_PAGINATED_ROWS // self.per_page)
+        return min(super().num_pages, reachable)
+
+
+class Pagination(PageNumberPagination):
+    """authentik's envelope: numeric page links (0 when absent), counts and an autocomplete map.
+
+    ``page_size`` must be a positive integer (400 otherwise; DRF would silently use the default), and is
+    capped at ``max_page_size``. A ``page`` that is not a page of the result set is DRF's 404 "Invalid page.".
+    ``count`` is exact up to ``EXACT_COUNT_LIMIT`` and an estimate beyond; pages reach the first
+    ``MAX_PAGINATED_ROWS`` rows.
+    """
+
+    django_paginator_class = BoundedPaginator
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+    def get_page_size(self, request: Any) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            assert self.page_size is not None  # REST_FRAMEWORK["PAGE_SIZE"]
+            return self.page_size
+        # Digits only: int() would also take " 5", "+5" and "1_0". Too many digits is a ValueError too.
+        try:
+            size = int(raw) if raw.isascii() and raw.isdigit() else 0
+        except ValueError:
+            size = 0
+        if size < 1:
+            # The message does not quote the value (query strings can carry secrets by mistake).
+            raise exceptions.ValidationError({self.page_size_query_param: ["A positive integer is required."]})
+        return min(size, self.max_page_size)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {**parameter["schema"], "minimum": 1}
+            if parameter["name"] == self.page_query_param:
+                parameter["description"] = (
+                    f"{parameter.get('description', 'A page number within the paginated result set.')} "
+                    f"Pages reach the first {MAX_PAGINATED_ROWS} rows of a result: a page starting beyond "
+                    f"them is 404 (narrow the filters or reverse the ordering instead). pagination.count is "
+                    f"exact up to {EXACT_COUNT_LIMIT}; above, it is the database's estimate."
+                )
+        return parameters
+
+    def get_paginated_response(self, data: Any) -> Response:
+        page = self.page
+        assert page is not None  # set by paginate_queryset, which DRF always calls first
+        return Response(
+            {
+                "pagination": {
+                    "next": page.next_page_number() if page.has_next() else 0,
+                    "previous": page.previous_page_number() if page.has_previous() else 0,
+                    "count": page.paginator.count,
+                    "current": page.number,
+                    "total_pages": page.paginator.num_pages,
+                    "start_index": page.start_index(),
+                    "end_index": page.end_index(),
+                },
+                "results": data,
+                "autocomplete": {},
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "pagination": {"$ref": "#/components/schemas/Pagination"},
+                "results": schema,
+                "autocomplete": {"$ref": "#/components/schemas/Autocomplete"},
+            },
+            "required": ["pagination", "results", "autocomplete"],
+        }
