@@ -343,12 +343,15 @@ def delete_object_permissions(token_pks: Collection[uuid.UUID]) -> None:
     GroupObjectPermission.objects.filter(object_pk__in=object_pks, **token_type).delete()
 
 
-def token_delete(*, token_pk: uuid.UUID, actor: User, request_meta: RequestMeta, authorize: bool = False) -> None:
+def token_delete(
+    *, token_pk: uuid.UUID, actor: User | None, request_meta: RequestMeta, authorize: bool = False
+) -> None:
     """Delete the token ``token_pk`` with its object permissions, and audit it, atomically.
 
     Locks the row first, so a concurrent update or ``set_key`` either finishes before or finds no
     token. Writes one ``model_deleted`` event (the token summary, never the key) in the same
-    transaction. Raises ``ObjectNotFound`` when the token is already gone. With ``authorize`` (the API),
+    transaction (``actor`` ``None``: the system, e.g. a user deleted through the ORM). Raises
+    ``ObjectNotFound`` when the token is already gone. With ``authorize`` (the API),
     the owner-or-``delete_token`` rule is decided on the locked row (``PermissionDenied``).
     """
     with transaction.atomic():
@@ -356,6 +359,8 @@ def token_delete(*, token_pk: uuid.UUID, actor: User, request_meta: RequestMeta,
         if token is None:
             raise ObjectNotFound
         if authorize:
+            if actor is None:  # an anonymous caller is never authorized
+                raise PermissionDenied
             _authorize(actor, "delete_token", token, owner_allowed=True)
         summary = model_summary(token)
         delete_object_permissions([token.pk])

@@ -47,7 +47,7 @@ def delete_user_tokens(sender: type[User], instance: User, using: str, **kwargs:
     for token_pk in Token.objects.using(using).filter(user_id=instance.pk).values_list("pk", flat=True):
         try:
             # actor None (an ORM delete outside the admin) is recorded as the system, as event_create allows.
-            token_delete(token_pk=token_pk, actor=actor, request_meta=request_meta)  # type: ignore[arg-type]
+            token_delete(token_pk=token_pk, actor=actor, request_meta=request_meta)
         except ObjectNotFound:
             continue  # deleted concurrently: the goal is reached
     # The user's permissions on other users' tokens: revoked one by one, so each revocation is audited as
