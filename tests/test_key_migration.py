@@ -13,9 +13,9 @@ from django.urls import reverse
 from core.crypto import key_digest
 from core.models import Token
 
-BEFORE = [("authentik_core", "0001_initial")]
-EXPANDED = [("authentik_core", "0002_token_key_at_rest")]
-BACKFILL = importlib.import_module("core.migrations.0003_encrypt_token_keys")
+BEFORE = [("authentik_core", "0003_token_rotation_usage")]
+EXPANDED = [("authentik_core", "0004_token_key_at_rest")]
+BACKFILL = importlib.import_module("core.migrations.0005_encrypt_token_keys")
 
 OLD_KEYS = {f"legacy-{n}": f"legacy-plain-key-{n}-0123456789" for n in range(7)}
 
@@ -33,7 +33,8 @@ def migrate_to_latest() -> None:
 
 @pytest.fixture
 def old_rows(transactional_db: None) -> Iterator[dict[str, str]]:
-    """The schema of 0001 with tokens written the way it stored them; the latest schema again afterwards."""
+    """The schema before the keys-at-rest migrations (0003), with tokens written the way it stored them;
+    the latest schema again afterwards."""
     try:
         executor = migrate(BEFORE)
         apps = executor.loader.project_state(BEFORE).apps

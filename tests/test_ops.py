@@ -219,7 +219,7 @@ def assert_service_unavailable(response: Any) -> None:
 
 @pytest.mark.django_db
 def test_database_down_during_bearer_authentication_is_503(bearer, monkeypatch):
-    monkeypatch.setattr("core.authentication.token_for_bearer_key", _raise(OperationalError("timeout expired")))
+    monkeypatch.setattr("core.authentication.bearer_match", _raise(OperationalError("timeout expired")))
     assert_service_unavailable(bearer(generate_key()).post(set_key_url("x"), {"key": generate_key()}))
 
 

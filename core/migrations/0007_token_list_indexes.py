@@ -53,6 +53,6 @@ def drop_pg_indexes(apps, schema_editor):
 class Migration(migrations.Migration):
     atomic = False
 
-    dependencies = [("authentik_core", "0006_token_rotation_usage")]
+    dependencies = [("authentik_core", "0006_token_key_constraints")]
 
     operations = [migrations.RunPython(create_pg_indexes, drop_pg_indexes)]

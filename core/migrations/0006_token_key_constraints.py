@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('authentik_core', '0003_encrypt_token_keys'),
+        ('authentik_core', '0005_encrypt_token_keys'),
     ]
 
     operations = [

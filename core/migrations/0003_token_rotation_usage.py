@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('authentik_core', '0005_token_manage_permissions'),
+        ('authentik_core', '0002_token_manage_permissions'),
     ]
 
     operations = [

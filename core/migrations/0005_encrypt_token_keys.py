@@ -62,7 +62,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('authentik_core', '0002_token_key_at_rest'),
+        ('authentik_core', '0004_token_key_at_rest'),
     ]
 
     operations = [

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('authentik_core', '0001_initial'),
+        ('authentik_core', '0003_token_rotation_usage'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('authentik_core', '0004_token_key_constraints'),
+        ('authentik_core', '0001_initial'),
     ]
 
     operations = [
