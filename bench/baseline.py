@@ -70,7 +70,7 @@ KEY_MIN_LENGTH = int(os.environ.get("TOKEN_KEY_MIN_LENGTH", "") or 1)
 RETENTION_DAYS = int(os.environ.get("EVENT_RETENTION_DAYS", "") or 365)
 MAX_BODY = 64 * 1024
 MASK = "********************"
-GROUP_UUID_NAMESPACE = uuid.UUID("5f0c1a52-3d4e-4c1b-9a57-6f4c2b8e1d90")  # as core.api
+GROUP_UUID_NAMESPACE = uuid.UUID("5f0c1a52-3d4e-4c1b-9a57-6f4c2b8e1d90")  # as core.avatars
 _AVATAR_COLOURS = ("#3949ab", "#00897b", "#6d4c41", "#8e24aa", "#c62828", "#2e7d32", "#ef6c00", "#546e7a")
 
 _SET_KEY = re.compile(r"^/(?:api/v3/)?core/tokens/([-a-zA-Z0-9_]+)/set_key/$")
@@ -389,7 +389,7 @@ def _when(value: datetime | None) -> str | None:
 
 
 def _avatar(name: str, username: str, user_uuid: uuid.UUID) -> str:
-    """As core.api.avatar_data_uri."""
+    """As core.avatars.avatar_data_uri."""
     words = (name or username).split()
     initials = "".join(word[0] for word in words[:2] if word[0].isalnum()).upper() or "?"
     colour = _AVATAR_COLOURS[user_uuid.int % len(_AVATAR_COLOURS)]

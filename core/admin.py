@@ -38,8 +38,8 @@ from core.object_permissions import (
 from core.selectors import user_has_token_perm
 from core.services import API_INTENTS, KeyInUse, token_create, token_delete, token_set_key, token_update
 from core.signals import deleting_as
-from events.utils import RequestMeta, request_meta
 from tokens_service.errors import FieldConflict, ObjectNotFound
+from tokens_service.request_meta import RequestMeta, request_meta
 from tokens_service.throttling import KeyCollisionThrottle
 
 SECRET_FIELDS = ("key", "key_digest")

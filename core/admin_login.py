@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 
 from events.models import EventAction
 from events.services import event_create
-from events.utils import request_meta
+from tokens_service.request_meta import request_meta
 from tokens_service.throttling import SlidingWindowThrottle, client_network
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 
 from core.selectors import bearer_match
 from core.usage import ip_allowed, report_suspicious_use, token_record_use, usage_due
-from events.utils import client_ip, request_meta
+from tokens_service.request_meta import client_ip, request_meta
 from tokens_service.throttling import FailedAuthenticationThrottle
 
 _INVALID = "Invalid or expired token."

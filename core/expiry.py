@@ -9,7 +9,7 @@ from core.models import Token
 from core.services import API_INTENTS
 from events.models import EventAction
 from events.services import event_create, model_summary
-from events.utils import RequestMeta
+from tokens_service.request_meta import RequestMeta
 
 # Days before expiry at which a warning is written, widest first.
 WARNING_THRESHOLDS_DAYS = (7, 1)

@@ -36,7 +36,7 @@ from core.crypto import encrypt_key, key_lookup_digests
 from core.models import Token, TokenIntents, User, key_digest
 from events.models import Event, EventAction
 from events.services import event_values
-from events.utils import RequestMeta
+from tokens_service.request_meta import RequestMeta
 
 if TYPE_CHECKING:
     from core.selectors import BearerMatch

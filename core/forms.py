@@ -4,9 +4,10 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
-from core.api import TokenSetKeySerializer
 from core.models import Token
+from core.validators import validate_key
 
 # The fields an admin may edit. An allowlist rather than an exclude list, so a column added to the
 # model later is not exposed by accident; key and key_digest are never in it.
@@ -29,7 +30,8 @@ class TokenSetKeyForm(forms.Form):
     """The "Set key" admin page: one password-type field, validated exactly as the API validates it.
 
     The field is not required and not stripped at this level on purpose: emptiness, whitespace,
-    character set and length are all judged by ``TokenSetKeySerializer``, so the admin cannot accept
+    character set and length are all judged by ``core.validators.validate_key`` (the rule of the API's
+    ``KeyField``), so the admin cannot accept
     a key the API would refuse, or refuse one it would accept. The value is never rendered back.
     """
 
@@ -52,9 +54,7 @@ class TokenSetKeyForm(forms.Form):
         )
 
     def clean_key(self) -> str:
-        serializer = TokenSetKeySerializer(data={"key": self.cleaned_data.get("key", "")})
-        if serializer.is_valid():
-            key: str = serializer.validated_data["key"]
-            return key
-        errors: Any = serializer.errors.get("key") or serializer.errors.get("non_field_errors") or ["Invalid key."]
-        raise forms.ValidationError([str(message) for message in errors])
+        try:
+            return validate_key(self.cleaned_data.get("key", ""))
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from None

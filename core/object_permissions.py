@@ -16,8 +16,8 @@ from guardian.shortcuts import assign_perm, get_group_perms, get_user_perms, rem
 from core.models import Token, User
 from events.models import EventAction
 from events.services import event_create, model_summary
-from events.utils import RequestMeta
 from tokens_service.errors import ObjectNotFound
+from tokens_service.request_meta import RequestMeta
 
 APP_LABEL = Token._meta.app_label
 # Who may manage object permissions in the admin (besides active superusers): a global permission.

@@ -11,8 +11,8 @@ from core.selectors import user_has_global_perm, user_has_token_perm_on_pk
 from core.services import key_fingerprint
 from events.models import EventAction
 from events.services import event_create, model_summary
-from events.utils import RequestMeta
 from tokens_service.errors import ObjectNotFound
+from tokens_service.request_meta import RequestMeta
 
 # The longest grace period a rotation may give the previous key: 7 days, as long as a weekly deployment
 # cycle needs to roll the new key out, and short enough that a forgotten old key dies on its own.

@@ -29,8 +29,8 @@ from core.object_permissions import token_perm_grant
 from core.selectors import user_has_global_perm, user_has_token_perm_on_pk
 from events.models import EventAction
 from events.services import event_create, model_summary
-from events.utils import RequestMeta
 from tokens_service.errors import FieldConflict, ObjectNotFound
+from tokens_service.request_meta import RequestMeta
 
 KEY_IN_USE = "This key cannot be used; choose another."
 OWNER_FIXED = "A token's owner cannot be changed."

@@ -13,8 +13,8 @@ from guardian.models import UserObjectPermission
 from core.models import Token, User
 from core.object_permissions import token_perm_revoke
 from core.services import token_delete
-from events.utils import SYSTEM_REQUEST, RequestMeta
 from tokens_service.errors import ObjectNotFound
+from tokens_service.request_meta import SYSTEM_REQUEST, RequestMeta
 
 # Who is deleting users right now (the admin sets it); ORM deletes elsewhere are recorded as the system.
 _deleting_actor: ContextVar[tuple[User | None, RequestMeta] | None] = ContextVar("deleting_actor", default=None)

@@ -12,7 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from core.models import Token
 from events.models import EventAction
 from events.services import event_create, model_summary
-from events.utils import RequestMeta
+from tokens_service.request_meta import RequestMeta
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def ip_allowed(ip: str | None, allowed_ips: Iterable[str] | None) -> bool:
     """Whether the client address ``ip`` may use a token whose allowlist is ``allowed_ips``.
 
     No allowlist (null or empty) allows everyone; an allowlist refuses a request whose address is
-    unknown. IPv4-mapped IPv6 clients arrive here as IPv4 (``events.utils.client_ip``).
+    unknown. IPv4-mapped IPv6 clients arrive here as IPv4 (``tokens_service.request_meta.client_ip``).
     """
     if not allowed_ips:
         return True

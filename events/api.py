@@ -17,9 +17,7 @@ from core.filters import SingleValuedQueryParameters, StableOrderingFilter
 from core.models import User
 from events.filters import EventFilter, EventSearchFilter
 from events.models import Event, EventAction
-from events.selectors import event_volume, user_can_view_events
-
-MAX_HISTORY_DAYS = 366
+from events.selectors import MAX_HISTORY_DAYS, event_volume, user_can_view_events
 
 
 class CanViewEvents(BasePermission):

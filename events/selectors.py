@@ -12,6 +12,8 @@ from core.models import User
 from core.selectors import user_has_global_perm
 from events.models import Event, EventVolume
 
+MAX_HISTORY_DAYS = 366  # the longest history /events/volume/ serves
+
 
 def user_can_view_events(user: User) -> bool:
     """Active superusers and holders of the global ``authentik_events.view_event`` (user or group)."""

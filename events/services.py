@@ -1,11 +1,11 @@
-"""The only writer of audit events."""
+"""The only writer of audit events (their deletion past retention is ``events.retention``)."""
 
 from typing import Any
 
 from django.db import models
 
 from events.models import Event, EventAction
-from events.utils import RequestMeta
+from tokens_service.request_meta import RequestMeta
 
 
 def actor_snapshot(actor: Any) -> dict[str, Any]:

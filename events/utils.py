@@ -1,13 +1,9 @@
-"""Turning a request into what an audit event records: client IP, request summary, cleansed values."""
+"""Cleansing of request values before an audit event records them: secret-looking names masked, long
+values clipped. The request summary itself (``RequestMeta``) is ``tokens_service.request_meta``'s."""
 
-import ipaddress
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
-
-from django.conf import settings
-from django.http import HttpRequest
 
 MASK = "********************"
 # Query arguments whose names look like they carry a secret are recorded masked.
@@ -15,72 +11,7 @@ _SECRET_NAME = re.compile(r"key|token|secret|pass|auth|sig|cred|session|cookie",
 _MAX_FIELD = 512
 
 
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
-    """What the services need to know about the request that caused a write. Holds no secret."""
-
-    client_ip: str | None = None
-    path: str = ""
-    method: str = ""
-    user_agent: str = ""
-    request_id: str = ""
-    args: Mapping[str, str] = field(default_factory=dict)
-
-    def as_context(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "method": self.method,
-            "user_agent": self.user_agent,
-            "request_id": self.request_id,
-            "args": dict(self.args),
-        }
-
-
-SYSTEM_REQUEST = RequestMeta(method="", path="", user_agent="system")
-
-
-def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(value.strip().strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id is not None:
-            return None  # a zone (fe80::1%eth0) means nothing off the host, and inet columns reject it
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
-    return ip
-
-
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[Any]) -> bool:
-    return any(ip in net for net in networks if ip.version == net.version)
-
-
-def client_ip(meta: Mapping[str, Any]) -> str | None:
-    """The socket peer, or, behind a trusted proxy, the right-most untrusted ``X-Forwarded-For`` entry.
-
-    Entries are walked from the right because only the part appended by our own proxies is reliable;
-    anything a client wrote itself sits further left. Garbage never fails the request: it yields the
-    last address that could be trusted.
-    """
-    peer = _parse_ip(str(meta.get("REMOTE_ADDR", "")))
-    if peer is None:
-        return None
-    proxies = settings.TRUSTED_PROXY_CIDRS
-    if not proxies or not _trusted(peer, proxies):
-        return str(peer)
-    candidate = peer
-    for entry in reversed(str(meta.get("HTTP_X_FORWARDED_FOR", "")).split(",")):
-        ip = _parse_ip(entry)
-        if ip is None:
-            break
-        candidate = ip
-        if not _trusted(ip, proxies):
-            break
-    return str(candidate)
-
-
-def _clip(value: str) -> str:
+def clip(value: str) -> str:
     # PostgreSQL's jsonb cannot hold U+0000: a NUL in a query argument would otherwise fail the write.
     value = value.replace("\x00", "\ufffd")
     return value if len(value) <= _MAX_FIELD else value[:_MAX_FIELD] + "…"
@@ -88,17 +19,5 @@ def _clip(value: str) -> str:
 
 def cleanse_args(args: Mapping[str, Any]) -> dict[str, str]:
     return {
-        _clip(str(name)): MASK if _SECRET_NAME.search(str(name)) else _clip(str(value)) for name, value in args.items()
+        clip(str(name)): MASK if _SECRET_NAME.search(str(name)) else clip(str(value)) for name, value in args.items()
     }
-
-
-def request_meta(request: HttpRequest) -> RequestMeta:
-    """The immutable summary of ``request`` that services receive instead of the request itself."""
-    return RequestMeta(
-        client_ip=client_ip(request.META),
-        path=_clip(request.path),
-        method=request.method or "",
-        user_agent=_clip(str(request.META.get("HTTP_USER_AGENT", ""))),
-        request_id=getattr(request, "request_id", ""),
-        args=cleanse_args(request.GET),
-    )

@@ -12,10 +12,10 @@ from django.urls import reverse
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, get_perms
 
-from core.api import TokenSetKeySerializer
 from core.forms import TOKEN_ADMIN_FIELDS
 from core.models import DEFAULT_KEY_LENGTH, KEY_ALPHABET, Token, generate_key, key_digest
 from core.selectors import user_has_token_perm
+from core.serializers import TokenSetKeySerializer
 from core.services import KEY_IN_USE, key_fingerprint
 from events.models import Event, EventAction
 

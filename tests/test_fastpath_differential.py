@@ -18,9 +18,9 @@ from guardian.shortcuts import assign_perm
 from core import fastpath, selectors, services
 from core.models import Token, User, generate_key
 from events.models import Event
-from events.utils import RequestMeta
 from tests.conftest import requires_postgres
 from tokens_service.errors import ServiceError
+from tokens_service.request_meta import RequestMeta
 
 pytestmark = [requires_postgres, pytest.mark.django_db]
 

@@ -15,9 +15,9 @@ from guardian.shortcuts import assign_perm
 from core.models import Token, User, generate_key, key_digest
 from core.services import KEY_IN_USE, KeyInUse, token_create
 from events.models import Event
-from events.utils import RequestMeta
 from tests.conftest import requires_postgres
 from tests.live import migrate, parse_raw_response, register_database, start_server, unregister_database
+from tokens_service.request_meta import RequestMeta
 
 
 def rates(**overrides: str | None) -> dict[str, Any]:

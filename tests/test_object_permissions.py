@@ -14,8 +14,8 @@ from guardian.shortcuts import get_group_perms, get_perms
 from core.models import Token
 from core.object_permissions import MANAGE_PERMISSION, can_manage_token_permissions, token_perm_grant
 from events.models import Event
-from events.utils import SYSTEM_REQUEST
 from tokens_service.errors import ObjectNotFound
+from tokens_service.request_meta import SYSTEM_REQUEST
 
 TOKEN_EDITOR = ("authentik_core.view_token", "authentik_core.change_token")
 

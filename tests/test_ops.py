@@ -19,9 +19,9 @@ from rest_framework.test import APIClient
 
 from core.models import generate_key
 from events.models import Event
-from events.utils import client_ip
 from tests.conftest import requires_postgres
 from tests.live import ROOT
+from tokens_service.request_meta import client_ip
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -16,8 +16,8 @@ from core.models import Token, TokenIntents, User, generate_key
 from core.selectors import token_for_bearer_key, user_has_token_perm
 from core.services import token_set_key
 from events.models import Event
-from events.utils import RequestMeta
 from tokens_service.errors import FieldConflict, ObjectNotFound
+from tokens_service.request_meta import RequestMeta
 
 SET_KEY = "authentik_core.set_token_key"
 

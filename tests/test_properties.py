@@ -25,8 +25,8 @@ from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
 from core import authentication
-from core.api import TokenSetKeySerializer
 from core.models import Token, User, generate_key
+from core.serializers import TokenSetKeySerializer
 from events.models import Event
 from tests.live import LiveServer
 

@@ -16,7 +16,7 @@ from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import assign_perm, get_perms
 from rest_framework.test import APIClient
 
-from core.api import group_uuid
+from core.avatars import group_uuid
 from core.models import Token, TokenIntents, generate_key
 from events.models import Event
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from core.expiry import tokens_warn_expiring
 from core.models import Token, TokenIntents
 from events.models import Event, EventAction
-from events.utils import SYSTEM_REQUEST
+from tokens_service.request_meta import SYSTEM_REQUEST
 
 
 def run() -> str:

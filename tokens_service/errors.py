@@ -1,4 +1,4 @@
-"""Domain errors raised by services; ``tokens_service.api.exception_handler`` maps them to HTTP."""
+"""Domain errors raised by services; ``tokens_service.exceptions.exception_handler`` maps them to HTTP."""
 
 
 class ServiceError(Exception):

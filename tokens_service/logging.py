@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.functional import LazyObject, empty
 from django.views.debug import SafeExceptionReporterFilter
 
-from events.utils import client_ip
+from tokens_service.request_meta import client_ip
 
 # The id of the request being served, so every record logged while serving it can be correlated.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)

@@ -25,7 +25,7 @@ def drop_duplicate_mount(endpoints: list[Endpoint], **kwargs: Any) -> list[Endpo
 
 
 # Components that schemas elsewhere refer to by name without a serializer behind them: the envelope of
-# tokens_service.api.Pagination. Shaped as in authentik's schema (numbers, all required).
+# tokens_service.pagination.Pagination. Shaped as in authentik's schema (numbers, all required).
 _PAGINATION_FIELDS = ("next", "previous", "count", "current", "total_pages", "start_index", "end_index")
 SHARED_COMPONENTS: dict[str, dict[str, Any]] = {
     "Pagination": {
@@ -46,7 +46,7 @@ def add_shared_components(result: dict[str, Any], **kwargs: Any) -> dict[str, An
     return result
 
 
-# The error bodies of tokens_service.api.exception_handler, named as in authentik's schema, and referenced
+# The error bodies of tokens_service.exceptions.exception_handler, named as in authentik's schema, and referenced
 # by every operation: clients generated from the schema then raise typed errors for 400 and 403.
 ERROR_COMPONENTS: dict[str, dict[str, Any]] = {
     "GenericError": {

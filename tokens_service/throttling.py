@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
-from events.utils import client_ip
+from tokens_service.request_meta import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class SlidingWindowThrottle(SimpleRateThrottle):
 
 
 class FailedAuthenticationThrottle(SlidingWindowThrottle):
-    """Failed bearer authentications per client address (``events.utils.client_ip``).
+    """Failed bearer authentications per client address (``tokens_service.request_meta.client_ip``).
 
     ``BearerTokenAuthentication`` calls ``check`` before looking a key up and ``record_failure`` after a
     credential fails. While an address is over the limit every bearer attempt from it, right or wrong,

@@ -4,13 +4,14 @@ import os
 import shlex
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from core.api import TokenSetKeySerializer
 from core.models import Token, TokenIntents, User, generate_key
 from core.services import token_create
-from events.utils import SYSTEM_REQUEST
+from core.validators import validate_key
+from tokens_service.request_meta import SYSTEM_REQUEST
 
 BOOTSTRAP_USERNAME = "akadmin"
 BOOTSTRAP_IDENTIFIER = "authentik-bootstrap-token"
@@ -28,9 +29,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, base_url: str = "", **options: Any) -> None:
         supplied = os.environ.get("AUTHENTIK_BOOTSTRAP_TOKEN") or None
         if supplied is not None:
-            check = TokenSetKeySerializer(data={"key": supplied})
-            if not check.is_valid():
-                raise CommandError("AUTHENTIK_BOOTSTRAP_TOKEN is not a valid key (visible ASCII, 1-1024 characters).")
+            try:
+                validate_key(supplied)
+            except ValidationError:
+                raise CommandError(
+                    "AUTHENTIK_BOOTSTRAP_TOKEN is not a valid key (visible ASCII, 1-1024 characters)."
+                ) from None
         with transaction.atomic():
             if User.objects.select_for_update().exists():
                 self.stdout.write("Bootstrap skipped: the database already has users.")

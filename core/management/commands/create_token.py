@@ -8,8 +8,8 @@ from django.utils.dateparse import parse_datetime
 
 from core.models import TokenIntents, User
 from core.services import token_create
-from events.utils import SYSTEM_REQUEST
 from tokens_service.errors import FieldConflict
+from tokens_service.request_meta import SYSTEM_REQUEST
 
 
 def _parse_expires(value: str | None) -> datetime | None:

@@ -6,8 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.management.commands import _perms
 from core.object_permissions import global_perm_grant, token_perm_grant
-from events.utils import SYSTEM_REQUEST
 from tokens_service.errors import ObjectNotFound
+from tokens_service.request_meta import SYSTEM_REQUEST
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from core.expiry import tokens_warn_expiring
-from events.utils import SYSTEM_REQUEST
+from tokens_service.request_meta import SYSTEM_REQUEST
 
 
 class Command(BaseCommand):

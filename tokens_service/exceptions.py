@@ -1,7 +1,5 @@
-"""API plumbing shared by every resource: strict JSON parsing, pagination and the error shape."""
+"""The error shape of every resource: the exception handler, the error body and the errors it maps to."""
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -9,46 +7,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from tokens_service.errors import FieldConflict, ObjectNotFound
 from tokens_service.middleware import DATABASE_UNAVAILABLE, SERVER_ERROR_DETAIL, log_database_bug
-from tokens_service.pagination import Pagination  # noqa: F401  # REST_FRAMEWORK names it here
-
-
-class DuplicateMemberError(ValueError):
-    pass
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise DuplicateMemberError
-        result[name] = value
-    return result
-
-
-def _reject_constant(_: str) -> None:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
-class StrictJSONParser(JSONParser):
-    """JSON only, UTF-8 only; duplicate members, NaN/Infinity and runaway nesting are 400s.
-
-    The error message is fixed: it never quotes the body, which may hold a key.
-    """
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
-        try:
-            text = stream.read().decode("utf-8") if stream is not None else ""
-            return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-        except DuplicateMemberError as exc:
-            raise exceptions.ParseError("JSON object has a duplicate member.") from exc
-        except (ValueError, RecursionError) as exc:
-            raise exceptions.ParseError("Malformed JSON.") from exc
 
 
 class ServiceUnavailable(exceptions.APIException):
