@@ -12,9 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from core.models import Token, TokenIntents, User, generate_key
-
-ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
-requires_postgres = pytest.mark.skipif(not ON_POSTGRES, reason="row locks and races need PostgreSQL")
+from tests.helpers import ON_POSTGRES
 
 # The suite-wide leak check: every key the tests handle is searched for in responses, logs and events.
 pytest_plugins = ["tests.leakcheck"]

@@ -16,6 +16,7 @@ from guardian.shortcuts import get_perms
 
 from core.models import Token, User, generate_key
 from events.models import Event, EventAction
+from tests.helpers import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,7 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "a-long-admin-passphrase-for-tests"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -22,8 +22,7 @@ import yaml
 from django.urls import reverse
 
 from core.models import generate_key
-from tests.conftest import requires_postgres
-from tests.live import ROOT, free_port
+from tests.helpers import ROOT, free_port, requires_postgres
 
 COMPOSE = ROOT / "docker-compose.yml"
 HAPROXY = ROOT / "deploy" / "haproxy.cfg"

@@ -10,7 +10,7 @@ from django.db import close_old_connections, connection
 from django.test.utils import CaptureQueriesContext
 
 from core.models import generate_key
-from tests.conftest import ON_POSTGRES
+from tests.helpers import ON_POSTGRES
 from tokens_service.middleware import close_connections_the_server_ended
 
 pytestmark = [

@@ -12,6 +12,8 @@ from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.urls import reverse
 
+from tests.helpers import ROOT
+
 SET_KEY_PATH = "/core/tokens/{identifier}/set_key/"
 
 
@@ -104,7 +106,6 @@ def test_docs_pages_load_only_local_static_files(name, must_load, client, settin
 
 # --- the repository is self-contained ---------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
 # Paths and names of the workspace the project was first written in, which a clone does not have. The
 # patterns are spelled so that this file does not match them itself.
 OUTSIDE_REFERENCES = re.compile(r"\.\./shared|/work/[s]hared|[s]hared/reference/|\b[S]PEC\b")

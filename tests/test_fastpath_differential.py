@@ -18,7 +18,7 @@ from guardian.shortcuts import assign_perm
 from core import fastpath, selectors, services
 from core.models import Token, User, generate_key
 from events.models import Event
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 from tokens_service.errors import ServiceError
 from tokens_service.request_meta import RequestMeta
 

@@ -15,8 +15,9 @@ from django.conf import settings
 
 from core.models import Token, TokenIntents, User, generate_key, key_digest
 from events.models import Event
+from tests.helpers import RawResponse
 from tests.leakcheck import TALLY
-from tests.live import LiveServer, RawResponse, start_server
+from tests.live import LiveServer, start_server
 
 pytestmark = [pytest.mark.live, pytest.mark.hostile, pytest.mark.django_db(transaction=True)]
 

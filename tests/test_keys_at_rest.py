@@ -21,7 +21,7 @@ from django.urls import reverse
 from core import crypto, fastpath
 from core.models import Token, generate_key, key_digest
 from events.models import Event
-from tests.live import ROOT
+from tests.helpers import ROOT
 
 OLD_KEK = ("old", b"o" * 32)
 NEW_KEK = ("new", b"n" * 32)

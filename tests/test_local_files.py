@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.live import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 COPIED = ("Makefile", "manage.py", "requirements-dev.lock", "core", "events", "tokens_service")
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from core.models import DEFAULT_KEY_LENGTH, KEY_ALPHABET, Token, TokenIntents, User, generate_key, key_digest
 from events.models import Event
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 
 
 def test_generated_keys_are_60_characters_prefix_base62_body_and_checksum():

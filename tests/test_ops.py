@@ -19,8 +19,7 @@ from rest_framework.test import APIClient
 
 from core.models import generate_key
 from events.models import Event
-from tests.conftest import requires_postgres
-from tests.live import ROOT
+from tests.helpers import ROOT, requires_postgres
 from tokens_service.request_meta import client_ip
 
 SECURITY_HEADERS = {

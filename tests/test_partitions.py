@@ -20,7 +20,7 @@ from events.partitions import (
     partition_name,
     partitions,
 )
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 
 BEFORE = ("authentik_events", "0003_scale_indexes_and_volume_rollup")
 PARTITIONED = ("authentik_events", "0004_partition_events_by_month")

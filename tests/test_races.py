@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from core.models import Token, generate_key, key_digest
 from core.services import key_fingerprint
 from events.models import Event
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 
 pytestmark = [requires_postgres, pytest.mark.race, pytest.mark.django_db(transaction=True)]
 NO_COLLISION_LIMIT = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "key_collisions": None}

@@ -15,7 +15,7 @@ from guardian.shortcuts import assign_perm
 
 from core.models import Token, TokenIntents
 from events.models import Event
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 
 
 def prune(**options) -> str:

@@ -14,7 +14,7 @@ from core.rotation import MAX_GRACE_SECONDS, RotationForbidden, token_rotate
 from core.selectors import bearer_match, token_for_bearer_key
 from core.services import key_fingerprint, token_set_key
 from events.models import Event, EventAction
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 from tokens_service.request_meta import RequestMeta
 
 SET_KEY = "authentik_core.set_token_key"

@@ -23,8 +23,7 @@ from rest_framework.test import APIClient
 
 from core.models import Token, User, generate_key
 from events.models import Event
-from tests.conftest import requires_postgres
-from tests.live import parse_raw_response
+from tests.helpers import parse_raw_response, requires_postgres
 
 SET_KEY = "authentik_core.set_token_key"
 VIEW_KEY = "authentik_core.view_token_key"

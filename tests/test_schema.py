@@ -1,6 +1,5 @@
 """The generated OpenAPI schema against authentik's (the compatibility target), and the committed copy."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,7 +7,8 @@ import yaml
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiYamlRenderer
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 # authentik's published schema, cut to the token and event paths; origin in tests/reference/README.md.
 REFERENCE = ROOT / "tests" / "reference" / "authentik-openapi-excerpt.yml"
 COMMITTED = ROOT / "schema.yml"

@@ -56,6 +56,7 @@ from schemathesis.schemas import APIOperation
 
 from core.models import Token, TokenIntents, User, generate_key
 from events.models import Event, EventAction
+from tests.helpers import ROOT
 from tests.leakcheck import LEDGER, trackable
 from tests.live import LiveServer, start_server
 
@@ -65,7 +66,7 @@ pytestmark = pytest.mark.schemathesis
 # fewer: it serves the same views, and the point there is that every route answers as documented.
 MAX_EXAMPLES = {"api-v3": 30, "root": 6}
 MOUNTS = {"api-v3": "/api/v3", "root": ""}
-COMMITTED_SCHEMA = Path(__file__).resolve().parent.parent / "schema.yml"
+COMMITTED_SCHEMA = ROOT / "schema.yml"
 HYPOTHESIS = settings(
     deadline=None,
     derandomize=True,

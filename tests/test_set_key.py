@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from core.models import Token, TokenIntents, generate_key, key_digest
 from core.services import key_fingerprint
 from events.models import Event
-from tests.conftest import ON_POSTGRES, requires_postgres
+from tests.helpers import ON_POSTGRES, requires_postgres
 
 SET_KEY = "authentik_core.set_token_key"
 

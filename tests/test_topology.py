@@ -29,7 +29,7 @@ from core.models import Token, TokenIntents, User, generate_key
 from core.services import key_fingerprint
 from events.models import Event
 from tests import topology as topo
-from tests.conftest import ON_POSTGRES
+from tests.helpers import ON_POSTGRES
 from tests.live import migrate, register_database, start_server, unregister_database
 
 REPLICA_HOSTS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]

@@ -10,7 +10,7 @@ from django.utils import timezone
 from core.models import Token
 from core.usage import USAGE_INTERVAL, ip_allowed, normalize_cidr, token_record_use
 from events.models import Event, EventAction
-from tests.conftest import requires_postgres
+from tests.helpers import requires_postgres
 
 
 def list_url() -> str:

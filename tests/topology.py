@@ -25,7 +25,8 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 HAPROXY = Path("/usr/sbin/haproxy")
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 INSTALL_COMMAND = "sudo apt-get install -y haproxy pgbouncer"
