@@ -54,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(TEST_ENV) $(BIN)/mypy core events tokens_service
 
-# Regenerate the committed OpenAPI schema (tests/test_schema.py fails while it is stale).
+# Regenerate the committed OpenAPI schema (tests/api/test_schema.py fails while it is stale).
 schema: $(STAMP)
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file schema.yml
 
@@ -97,7 +97,7 @@ coverage: $(STAMP)
 # The deployed topology on 127.0.0.1 (HAProxy, three replicas, PgBouncer, PostgreSQL, Redis; 30-45 s):
 # the same test `make test` runs in its PostgreSQL lane, alone and verbose. Needs: apt-get install haproxy pgbouncer.
 topology: $(STAMP)
-	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest tests/test_topology.py -v -s
+	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/pytest tests/live/test_topology.py -v -s
 
 # The performance benchmark (not part of `make test`): service versus a framework-free baseline on
 # PostgreSQL under gunicorn, driven by wrk (installed with apt-get when missing). About 7 minutes.

@@ -4,7 +4,7 @@
 makes (bearer lookup, permission check, ``set_key``'s write) also exist here as SQL written once, behind
 the same signatures, because building their querysets costs more CPU than the database spends answering
 them and ``set_key`` fits in one statement. ``enabled()`` chooses this path (setting ``TOKENS_FAST_PATH``,
-default on; it applies on PostgreSQL only). ``tests/test_fastpath_differential.py`` runs both paths over
+default on; it applies on PostgreSQL only). ``tests/services/test_fastpath_differential.py`` runs both paths over
 the same scenarios and requires identical rows, events and errors.
 
 Rules are not restated here where they can be derived: table and column names come from the models'

@@ -15,7 +15,7 @@ from core.models import Token, TokenIntents, User, generate_key
 from tests.helpers import ON_POSTGRES
 
 # The suite-wide leak check: every key the tests handle is searched for in responses, logs and events.
-pytest_plugins = ["tests.leakcheck"]
+pytest_plugins = ["tests.support.leakcheck"]
 
 _counter = itertools.count()
 
@@ -54,7 +54,7 @@ def make_token(db: Any) -> Callable[..., Token]:
         fields.setdefault("intent", TokenIntents.API)
         fields.setdefault("key", generate_key())
         # "In use": a use was recorded just now, the common case of an authenticated request, which then
-        # costs no usage write. The first use in a minute costs one statement more (tests/test_usage.py).
+        # costs no usage write. The first use in a minute costs one statement more (tests/services/test_usage.py).
         fields.setdefault("last_used", timezone.now())
         return Token.objects.create(user=user, **fields)
 
@@ -117,7 +117,7 @@ def live(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -
     Tests that seed data for it must use ``@pytest.mark.django_db(transaction=True)`` so their rows are
     committed and visible to the server.
     """
-    from tests.live import start_server
+    from tests.support.live import start_server
 
     with django_db_blocker.unblock():
         server = start_server(tmp_path_factory.mktemp("live") / "server.log")
@@ -132,7 +132,7 @@ def private_pg() -> Any:
     It needs only the PostgreSQL binaries, not the lane's database; the tests using it are marked
     ``requires_postgres`` so they run once, in the PostgreSQL lane.
     """
-    from tests.live import private_postgres
+    from tests.support.live import private_postgres
 
     cluster = private_postgres()
     yield cluster

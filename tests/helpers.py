@@ -1,6 +1,6 @@
 """Small helpers shared by test modules of every folder. Fixtures are in ``tests/conftest.py``; the
-real-server harness is ``tests/live.py``, the leak check ``tests/leakcheck.py``, the proxy topology
-``tests/topology.py``."""
+real-server harness is ``tests/support/live.py``, the leak check ``tests/support/leakcheck.py``, the proxy topology
+``tests/support/topology.py``."""
 
 import json
 import socket

@@ -79,7 +79,7 @@ def _can_answer_404(path: str, operation: dict[str, Any]) -> bool:
 
 def add_error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Postprocessing hook: every operation documents 400 and 403 with the shared error bodies, and 404
-    where it can answer one (found by property-based testing against the live server, tests/test_schemathesis.py).
+    where it can answer one (found by property-based testing against the live server, tests/api/test_schemathesis.py).
 
     An operation that documents its own 400 or 404 (set_key's "Missing key") keeps it.
     """

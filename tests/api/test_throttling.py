@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from core.models import Token, User, generate_key
 from events.models import Event
-from tests.live import start_server
+from tests.support.live import start_server
 from tokens_service.settings import env_rate
 from tokens_service.throttling import SlidingWindowThrottle, seconds_until_allowed
 

@@ -27,7 +27,7 @@ from core.models import Token, TokenIntents, User, generate_key
 from core.services import key_fingerprint
 from events.models import Event
 from tests.helpers import requires_postgres
-from tests.live import LiveServer, migrate, register_database, start_server, unregister_database, worker_pids
+from tests.support.live import LiveServer, migrate, register_database, start_server, unregister_database, worker_pids
 
 pytestmark = [requires_postgres, pytest.mark.live, pytest.mark.fault]
 

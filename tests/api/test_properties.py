@@ -28,7 +28,7 @@ from core import authentication
 from core.models import Token, User, generate_key
 from core.serializers import TokenSetKeySerializer
 from events.models import Event
-from tests.live import LiveServer
+from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.property
 

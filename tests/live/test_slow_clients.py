@@ -16,7 +16,7 @@ import requests
 
 from core.models import Token, generate_key
 from tests.helpers import ROOT, free_port, parse_raw_response
-from tests.live import LiveServer, start_server
+from tests.support.live import LiveServer, start_server
 
 SLOW_CLIENTS = 50
 FAILSAFE_TIMEOUT = 30  # seconds: only so that a broken server fails the test instead of hanging it

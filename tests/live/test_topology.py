@@ -28,9 +28,9 @@ from django.conf import settings
 from core.models import Token, TokenIntents, User, generate_key
 from core.services import key_fingerprint
 from events.models import Event
-from tests import topology as topo
 from tests.helpers import ON_POSTGRES
-from tests.live import migrate, register_database, start_server, unregister_database
+from tests.support import topology as topo
+from tests.support.live import migrate, register_database, start_server, unregister_database
 
 REPLICA_HOSTS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
 # The load's source address: not the balancer's (127.0.0.1), so a recorded 127.0.0.2 can only have

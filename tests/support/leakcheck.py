@@ -2,7 +2,7 @@
 
 Keys are learned from every token saved in this process, from every token row at each database
 test's teardown (keys set through a live server), and from what the tests send: Bearer words and JSON
-``"key"`` members, through the test client, ``requests`` and raw sockets (``tests.live.RAW_OBSERVERS``).
+``"key"`` members, through the test client, ``requests`` and raw sockets (``tests.support.live.RAW_OBSERVERS``).
 
 Searched in: every response body the tests receive that way (not the ``view_key`` and ``rotate``
 answers, which return a key by design), every log record emitted in this process, every Event row at each database
@@ -201,7 +201,7 @@ def _install() -> None:
 
     from core import models as core_models
     from core.models import Token
-    from tests import live
+    from tests.support import live
 
     def on_token_save(sender: Any, instance: Token, **kwargs: Any) -> None:
         LEDGER.learn(instance.key)
@@ -318,7 +318,7 @@ _log_offsets: dict[int, int] = {}
 
 def _server_logs(whole: bool = False) -> Iterator[tuple[Any, str]]:
     """(server, log text) for every live server: what it wrote since the last call, or everything."""
-    from tests import live
+    from tests.support import live
 
     for server in live.STARTED_SERVERS:
         start = 0 if whole else _log_offsets.get(id(server), 0)

@@ -1,4 +1,4 @@
-"""The leak check (tests/leakcheck.py) itself: it finds a key in every encoding it claims, and only there."""
+"""The leak check (tests/support/leakcheck.py) itself: it finds a key in every encoding it claims, and only there."""
 
 import base64
 import json
@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from core.models import Token, User, generate_key
 from events.models import Event
-from tests.leakcheck import LEDGER, Ledger, _scan_database, encodings, trackable
+from tests.support.leakcheck import LEDGER, Ledger, _scan_database, encodings, trackable
 
 KEY = 'Zq8/+x"<k&ey>%Secret-42'
 

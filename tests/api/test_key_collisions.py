@@ -16,7 +16,7 @@ from core.models import Token, User, generate_key, key_digest
 from core.services import KEY_IN_USE, KeyInUse, token_create
 from events.models import Event
 from tests.helpers import parse_raw_response, requires_postgres
-from tests.live import migrate, register_database, start_server, unregister_database
+from tests.support.live import migrate, register_database, start_server, unregister_database
 from tokens_service.request_meta import RequestMeta
 
 

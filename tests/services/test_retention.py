@@ -107,10 +107,24 @@ def test_second_run_finds_nothing(make_user, make_token, past):
     assert "Deleted 0 expired events and 0 expired tokens." in prune()
 
 
+def test_each_app_prunes_its_own_rows(make_user, make_token, past):
+    token = make_token(make_user(), intent=TokenIntents.RECOVERY, expires=past)
+    event = make_event(past)
+    events_out, tokens_out = io.StringIO(), io.StringIO()
+    call_command("prune_expired_events", "--batch-size", "1", stdout=events_out)
+    assert "Deleted 1 expired events." in events_out.getvalue()
+    assert not Event.objects.filter(pk=event.pk).exists()
+    assert Token.objects.filter(pk=token.pk).exists()
+    call_command("prune_expired_tokens", "--batch-size", "1", stdout=tokens_out)
+    assert "Deleted 1 expired tokens." in tokens_out.getvalue()
+    assert not Token.objects.filter(pk=token.pk).exists()
+
+
+@pytest.mark.parametrize("command", ["prune_expired", "prune_expired_events", "prune_expired_tokens"])
 @pytest.mark.parametrize("size", ["0", "-3"])
-def test_batch_size_must_be_positive(size, db):
+def test_batch_size_must_be_positive(command, size, db):
     with pytest.raises(CommandError):
-        call_command("prune_expired", "--batch-size", size)
+        call_command(command, "--batch-size", size)
 
 
 @requires_postgres

@@ -57,8 +57,8 @@ from schemathesis.schemas import APIOperation
 from core.models import Token, TokenIntents, User, generate_key
 from events.models import Event, EventAction
 from tests.helpers import ROOT
-from tests.leakcheck import LEDGER, trackable
-from tests.live import LiveServer, start_server
+from tests.support.leakcheck import LEDGER, trackable
+from tests.support.live import LiveServer, start_server
 
 pytestmark = pytest.mark.schemathesis
 

@@ -413,7 +413,7 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
 def test_gunicorn_defaults_outlast_the_database_timeouts(monkeypatch, settings):
     conf = gunicorn_conf(monkeypatch)
     assert conf["workers"] >= 2
-    # Threaded workers with room for many slow clients (tests/test_slow_clients.py).
+    # Threaded workers with room for many slow clients (tests/live/test_slow_clients.py).
     assert conf["worker_class"] == "gthread"
     assert conf["threads"] == 64
     assert conf["accesslog"] is None  # the app writes the request log

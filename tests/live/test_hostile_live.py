@@ -1,7 +1,7 @@
 """Hostile requests, byte for byte, against a real gunicorn process: exact status, never a 5xx, no writes.
 
 Every case snapshots the tokens and events before and after and is counted in the session tally
-(``tests.leakcheck.TALLY``) that the README's table quotes. The leak check (``tests.leakcheck``)
+(``tests.support.leakcheck.TALLY``) that the README's table quotes. The leak check (``tests.support.leakcheck``)
 searches every answer and the server's log for the keys used here.
 """
 
@@ -16,8 +16,8 @@ from django.conf import settings
 from core.models import Token, TokenIntents, User, generate_key, key_digest
 from events.models import Event
 from tests.helpers import RawResponse
-from tests.leakcheck import TALLY
-from tests.live import LiveServer, start_server
+from tests.support.leakcheck import TALLY
+from tests.support.live import LiveServer, start_server
 
 pytestmark = [pytest.mark.live, pytest.mark.hostile, pytest.mark.django_db(transaction=True)]
 

@@ -13,7 +13,7 @@ from django.db import OperationalError
 from django.urls import reverse
 
 from core.models import Token, generate_key
-from tests.live import LiveServer, start_server
+from tests.support.live import LiveServer, start_server
 from tokens_service.logging import JsonFormatter, PlainFormatter, SecretSafeExceptionReporterFilter, redact
 
 ACCESS_FIELDS = {"method", "path", "status", "duration_ms", "request_id", "client_ip", "actor"}

@@ -10,7 +10,7 @@ from django.db import connection
 from django.urls import reverse
 
 from core.models import Token
-from tests.leakcheck import encodings
+from tests.support.leakcheck import encodings
 
 
 def database_dump() -> str:
