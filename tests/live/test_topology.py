@@ -25,6 +25,7 @@ import redis
 import requests
 from django.conf import settings
 
+from core.crypto import decrypt_key
 from core.models import Token, TokenIntents, User, generate_key
 from core.services import key_fingerprint
 from events.models import Event
@@ -314,7 +315,9 @@ def test_replica_crash_and_graceful_restart_under_load(topology: Topology) -> No
             f'FROM "{Event._meta.db_table}" WHERE action = %s',
             ["model_updated"],
         ).fetchall()
-        keys = dict(conn.execute(f'SELECT identifier, key FROM "{Token._meta.db_table}"').fetchall())  # noqa: S608
+        stored = conn.execute(f'SELECT identifier, key FROM "{Token._meta.db_table}"').fetchall()  # noqa: S608
+        # Stored keys are ciphertext (core.crypto); the replicas share the test process's encryption keys.
+        keys = {identifier: decrypt_key(ciphertext) for identifier, ciphertext in stored}
         server_connections = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             [topology.dbname],
