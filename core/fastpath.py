@@ -250,6 +250,31 @@ def visible_token_pks(user: User) -> RawSQL:
     return RawSQL(_visible_sql(), params)  # noqa: S611 - model metadata only; every value is a parameter
 
 
+# --- usage ----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _record_use_sql() -> str:
+    token = _q(Token._meta.db_table)
+    # A row locked by a writer (set_key, rotate, an update) is skipped rather than waited for; one
+    # statement in autocommit mode, so no BEGIN/COMMIT round trips.
+    return f"""
+UPDATE {token} SET last_used = %(now)s, last_used_ip = %(ip)s
+WHERE token_uuid = (
+    SELECT token_uuid FROM {token}
+    WHERE token_uuid = %(token_pk)s AND (last_used IS NULL OR last_used <= %(stale_before)s)
+    FOR UPDATE SKIP LOCKED
+)"""  # noqa: S608
+
+
+def token_record_use(*, token_pk: uuid.UUID, ip: str | None, now: datetime, stale_before: datetime) -> bool:
+    """``core.usage``'s recording of a token's use, in one statement; whether a row was written."""
+    db = _db()
+    with db.cursor() as cursor:
+        cursor.execute(_record_use_sql(), {"now": now, "ip": ip, "token_pk": token_pk, "stale_before": stale_before})
+        return cursor.rowcount == 1
+
+
 # --- set_key --------------------------------------------------------------------------------------------
 
 

@@ -3,12 +3,16 @@
 import functools
 import ipaddress
 import logging
+import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.core.cache import cache
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Q
 
+from core import fastpath
 from core.models import Token
 from events.models import EventAction
 from events.services import event_create, model_summary
@@ -71,17 +75,19 @@ def usage_due(token: Token, now: datetime) -> bool:
     return token.last_used is None or token.last_used <= now - USAGE_INTERVAL
 
 
-def _record_use_sql(vendor: str) -> str:
-    table = Token._meta.db_table
-    # PostgreSQL: a row locked by a writer (set_key, rotate, an update) is skipped rather than waited
-    # for, so recording a use never delays or fails the request; the next request records it.
-    lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
-    return f"""
-UPDATE {table} SET "last_used" = %s, "last_used_ip" = %s
-WHERE "token_uuid" = (
-    SELECT "token_uuid" FROM {table}
-    WHERE "token_uuid" = %s AND ("last_used" IS NULL OR "last_used" <= %s){lock}
-)"""  # noqa: S608 - only model metadata is formatted in; values are parameters
+def _record_use(
+    *, token_pk: uuid.UUID, ip: str | None, now: datetime, stale_before: datetime, db: BaseDatabaseWrapper
+) -> bool:
+    """The contract path of ``token_record_use``: a row locked by a writer (set_key, rotate, an update) is
+    skipped rather than waited for (``SKIP LOCKED`` where the database has it), so recording a use never
+    delays or fails the request; the next request records it."""
+    stale = Q(last_used__isnull=True) | Q(last_used__lte=stale_before)
+    unlocked = Token.objects.filter(stale, pk=token_pk)
+    if not db.features.has_select_for_update_skip_locked:
+        return unlocked.update(last_used=now, last_used_ip=ip) == 1
+    with transaction.atomic():
+        pks = unlocked.select_for_update(skip_locked=True).values("pk")
+        return Token.objects.filter(pk__in=pks).update(last_used=now, last_used_ip=ip) == 1
 
 
 def token_record_use(*, token: Token, ip: str | None, now: datetime) -> bool:
@@ -92,18 +98,11 @@ def token_record_use(*, token: Token, ip: str | None, now: datetime) -> bool:
     usage tracking must never fail an authenticated request. Returns whether a row was written.
     """
     db = connections[DEFAULT_DB_ALIAS]
-    pk_field = Token._meta.pk
-    assert pk_field is not None
-    params = [
-        db.ops.adapt_datetimefield_value(now),
-        ip,
-        pk_field.get_db_prep_value(token.pk, db),
-        db.ops.adapt_datetimefield_value(now - USAGE_INTERVAL),
-    ]
     try:
-        with db.cursor() as cursor:
-            cursor.execute(_record_use_sql(db.vendor), params)
-            written = cursor.rowcount == 1
+        if fastpath.enabled():
+            written = fastpath.token_record_use(token_pk=token.pk, ip=ip, now=now, stale_before=now - USAGE_INTERVAL)
+        else:
+            written = _record_use(token_pk=token.pk, ip=ip, now=now, stale_before=now - USAGE_INTERVAL, db=db)
     except DatabaseError as exc:
         if db.in_atomic_block:
             raise  # the caller's transaction is broken anyway: let it fail as a whole

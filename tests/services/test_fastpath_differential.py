@@ -225,3 +225,20 @@ def test_visible_tokens_agree(kind, world, make_user, make_group, make_token):
         "inactive": [],
     }
     assert visible["result"] == expected[kind]
+
+
+@pytest.mark.parametrize("last_used", ["never", "stale", "recent"])
+def test_usage_recording_paths_agree(last_used, make_user, make_token):
+    from core import usage
+
+    now = timezone.now()
+    stored = {"never": None, "stale": now - timedelta(minutes=5), "recent": now - timedelta(seconds=5)}[last_used]
+    token = make_token(make_user(), last_used=stored)
+
+    def record() -> Any:
+        written = usage.token_record_use(token=Token.objects.get(pk=token.pk), ip="192.0.2.9", now=now)
+        row = Token.objects.values_list("last_used", "last_used_ip").get(pk=token.pk)
+        return written, row
+
+    observed = both(record)
+    assert observed["result"] == ((True, (now, "192.0.2.9")) if last_used != "recent" else (False, (stored, None)))
