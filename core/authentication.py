@@ -49,10 +49,11 @@ class BearerTokenAuthentication(BaseAuthentication):
             self._refuse(request, throttle, token, "previous_key_after_grace")
         now = timezone.now()
         # The client address is worked out only when it is needed: for an allowlist, or once a minute.
-        ip = client_ip(request.META) if token.allowed_ips or usage_due(token, now) else None
+        due = usage_due(token, now)
+        ip = client_ip(request.META) if token.allowed_ips or due else None
         if not ip_allowed(ip, token.allowed_ips):
             self._refuse(request, throttle, token, "ip_not_allowed")
-        if usage_due(token, now):
+        if due:
             token_record_use(token=token, ip=ip, now=now)
         return token.user, token
 

@@ -33,7 +33,7 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from core.crypto import encrypt_key, key_lookup_digests
-from core.models import Token, TokenIntents, User, key_digest
+from core.models import Token, TokenIntents, User
 from events.models import Event, EventAction
 from events.services import event_values
 from tokens_service.request_meta import RequestMeta
@@ -147,12 +147,6 @@ def bearer_match(key: str) -> "BearerMatch | None":
         token.user = _from_row(db, User, row[split:])
         candidates.append(token)
     return choose_bearer_match(candidates, digests, now)
-
-
-def token_for_bearer_key(key: str) -> Token | None:
-    """``core.selectors.token_for_bearer_key`` in one hand-written query."""
-    match = bearer_match(key)
-    return match.token if match is not None and match.authenticates else None
 
 
 # --- permission checks ----------------------------------------------------------------------------------
@@ -349,14 +343,15 @@ def token_set_key(
         # "pk" is filled in by the statement, from the row it updated.
         context=services.set_key_event_context(token_identifier=token_identifier, token_pk=None, key=key),
     )
+    digests = key_lookup_digests(key)  # the current one first (core.crypto)
     params = {
         "identifier": token_identifier,
         "token_pk": token_pk,
         "now": _now(),
-        "digest": key_digest(key),
+        "digest": digests[0],  # the current pepper's: what is stored
         # Every digest the key may be stored under (each configured pepper, the legacy one): a collision
         # with a row not yet re-digested during a pepper rotation is still found.
-        "digests": key_lookup_digests(key),
+        "digests": digests,
         # The stored key is ciphertext (core.crypto): CPU only, no extra statement.
         "key": encrypt_key(key),
         "codename": "set_token_key",

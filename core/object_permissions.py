@@ -92,6 +92,28 @@ def _audit(
     )
 
 
+def _set_token_perm(
+    *, token: Token, codename: str, grantee: User | Group, granted: bool, actor: User | None, request_meta: RequestMeta
+) -> bool:
+    """Give (``granted``) or take away a token object permission under the token's row lock, audited."""
+    permission = _permission(codename)
+    with transaction.atomic():
+        locked = _locked_token(token)
+        changed = _holds(grantee, locked, permission.codename) != granted
+        if changed:
+            (assign_perm if granted else remove_perm)(permission, grantee, locked)
+        _audit(
+            token=locked,
+            permission=permission,
+            grantee=grantee,
+            granted=granted,
+            changed=changed,
+            actor=actor,
+            request_meta=request_meta,
+        )
+    return changed
+
+
 def token_perm_grant(
     *, token: Token, codename: str, grantee: User | Group, actor: User | None, request_meta: RequestMeta
 ) -> bool:
@@ -102,22 +124,9 @@ def token_perm_grant(
     in the same transaction. Returns whether a row was added. Raises ``ObjectNotFound`` when the token
     is gone and ``ValueError`` for an unknown permission. Authorization is the caller's job.
     """
-    permission = _permission(codename)
-    with transaction.atomic():
-        locked = _locked_token(token)
-        changed = not _holds(grantee, locked, permission.codename)
-        if changed:
-            assign_perm(permission, grantee, locked)
-        _audit(
-            token=locked,
-            permission=permission,
-            grantee=grantee,
-            granted=True,
-            changed=changed,
-            actor=actor,
-            request_meta=request_meta,
-        )
-    return changed
+    return _set_token_perm(
+        token=token, codename=codename, grantee=grantee, granted=True, actor=actor, request_meta=request_meta
+    )
 
 
 def token_perm_revoke(
@@ -128,64 +137,39 @@ def token_perm_revoke(
     The same lock, event (``granted: false``) and errors as ``token_perm_grant``. Returns whether a row
     was removed. A permission the grantee holds through one of its groups is not touched.
     """
+    return _set_token_perm(
+        token=token, codename=codename, grantee=grantee, granted=False, actor=actor, request_meta=request_meta
+    )
+
+
+def _set_global_perm(
+    *, codename: str, grantee: User | Group, granted: bool, actor: User | None, request_meta: RequestMeta
+) -> bool:
+    """Give (``granted``) or take away a global permission of a user or group, audited."""
     permission = _permission(codename)
+    related = grantee.permissions if isinstance(grantee, Group) else grantee.user_permissions
     with transaction.atomic():
-        locked = _locked_token(token)
-        changed = _holds(grantee, locked, permission.codename)
+        changed = related.filter(pk=permission.pk).exists() != granted
         if changed:
-            remove_perm(permission, grantee, locked)
+            (related.add if granted else related.remove)(permission)
         _audit(
-            token=locked,
+            token=None,
             permission=permission,
             grantee=grantee,
-            granted=False,
+            granted=granted,
             changed=changed,
             actor=actor,
             request_meta=request_meta,
         )
     return changed
-
-
-def _global_permissions(grantee: User | Group) -> Any:
-    return grantee.permissions if isinstance(grantee, Group) else grantee.user_permissions
 
 
 def global_perm_grant(*, codename: str, grantee: User | Group, actor: User | None, request_meta: RequestMeta) -> bool:
     """Grant ``authentik_core.<codename>`` on every token to a user or group, audited (one
     ``model_updated`` event on the grantee, ``scope: "global"``). Returns whether it was added."""
-    permission = _permission(codename)
-    with transaction.atomic():
-        related = _global_permissions(grantee)
-        changed = not related.filter(pk=permission.pk).exists()
-        if changed:
-            related.add(permission)
-        _audit(
-            token=None,
-            permission=permission,
-            grantee=grantee,
-            granted=True,
-            changed=changed,
-            actor=actor,
-            request_meta=request_meta,
-        )
-    return changed
+    return _set_global_perm(codename=codename, grantee=grantee, granted=True, actor=actor, request_meta=request_meta)
 
 
 def global_perm_revoke(*, codename: str, grantee: User | Group, actor: User | None, request_meta: RequestMeta) -> bool:
     """Revoke a global ``authentik_core.<codename>`` from a user or group, audited like ``global_perm_grant``."""
-    permission = _permission(codename)
-    with transaction.atomic():
-        related = _global_permissions(grantee)
-        changed = related.filter(pk=permission.pk).exists()
-        if changed:
-            related.remove(permission)
-        _audit(
-            token=None,
-            permission=permission,
-            grantee=grantee,
-            granted=False,
-            changed=changed,
-            actor=actor,
-            request_meta=request_meta,
-        )
-    return changed
+    return _set_global_perm(codename=codename, grantee=grantee, granted=False, actor=actor, request_meta=request_meta)

@@ -45,10 +45,6 @@ class CanSetTokenKey(TokenPermission):
     codename = "set_token_key"
 
 
-class CanViewTokenKey(TokenPermission):
-    codename = "view_token_key"
-
-
 class TokenObjectPermission(BasePermission):
     """Who may write to a token the caller can see (the queryset already hides the others: 404).
 
