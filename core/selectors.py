@@ -59,6 +59,7 @@ def bearer_match(key: str) -> BearerMatch | None:
     candidates = (
         Token.objects.unexpired(now)
         .select_related("user")
+        .defer(*fastpath.BEARER_DEFERRED)
         .filter(Q(key_digest__in=digests) | Q(previous_key_digest__in=digests))
         .filter(intent=TokenIntents.API, user__is_active=True)
     )

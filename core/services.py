@@ -108,6 +108,21 @@ def report_key_collision(*, actor: User | None, request_meta: RequestMeta, token
     )
 
 
+def refuse_unless_allowed(*, token_pk: uuid.UUID | None, permitted: bool, global_perm: bool, expired: bool) -> None:
+    """Raise the answer to a decision taken on a locked row that does not allow the operation.
+
+    In this order: no such token (``ObjectNotFound`` with the global permission, else
+    ``PermissionDenied``, so that a caller who may not act cannot tell whether it exists), no permission
+    on the row (``PermissionDenied``), expired (``ObjectNotFound``).
+    """
+    if token_pk is None:
+        raise ObjectNotFound if global_perm else PermissionDenied
+    if not permitted:
+        raise PermissionDenied
+    if expired:
+        raise ObjectNotFound
+
+
 def set_key_outcome(
     *,
     token_pk: uuid.UUID | None,
@@ -126,12 +141,8 @@ def set_key_outcome(
     (403), expired (404), key held by another token (400 and a ``suspicious_request`` event). Nothing
     was written in any of these cases.
     """
-    if token_pk is None:
-        raise ObjectNotFound if global_perm else PermissionDenied
-    if not permitted:
-        raise PermissionDenied
-    if expired:
-        raise ObjectNotFound
+    refuse_unless_allowed(token_pk=token_pk, permitted=permitted, global_perm=global_perm, expired=expired)
+    assert token_pk is not None  # refused above otherwise
     if collides:
         summary = {
             "app": Token._meta.app_label,
@@ -384,6 +395,8 @@ def token_view_key(*, token_identifier: str, actor: User, request_meta: RequestM
     one of the row the decision was taken on. Raises ``PermissionDenied`` and ``ObjectNotFound`` as
     ``token_set_key`` does.
     """
+    if fastpath.enabled():
+        return fastpath.token_view_key(token_identifier=token_identifier, actor=actor, request_meta=request_meta)
     with transaction.atomic():
         token = _locked_token(identifier=token_identifier)
         if token is None:

@@ -5,6 +5,7 @@ entry point accepts and refuses exactly the same keys with the same messages. Me
 submitted value.
 """
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +19,10 @@ MESSAGES = {
     "min_length": "Ensure this field has at least {min_length} characters.",
     "max_length": "Ensure this field has no more than {max_length} characters.",
 }
+
+
+# Visible ASCII only (0x21-0x7E): what an Authorization header can carry.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
 
 
 def _fail(code: str, **params: Any) -> ValidationError:
@@ -34,7 +39,7 @@ def validate_key(value: Any) -> str:
         raise _fail("invalid")
     if value == "":
         raise _fail("blank")
-    if not all("\x21" <= char <= "\x7e" for char in value):
+    if not _VISIBLE_ASCII.fullmatch(value):
         raise _fail("charset")
     if len(value) < settings.TOKEN_KEY_MIN_LENGTH:
         raise _fail("min_length", min_length=settings.TOKEN_KEY_MIN_LENGTH)

@@ -5,6 +5,7 @@ process and every replica, so a limit means the same thing however many processe
 each worker process counts on its own (see README, "Abuse limits").
 """
 
+import functools
 import ipaddress
 import logging
 import math
@@ -38,6 +39,7 @@ def seconds_until_allowed(previous: int, current: int, elapsed: float, limit: in
     return float(max(math.floor(until) + 1, 1))
 
 
+@functools.lru_cache(maxsize=4096)
 def client_network(ip: str | None) -> str:
     """What one client controls: its IPv4 address, or the /64 of its IPv6 address.
 
@@ -71,6 +73,7 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
         self._wait: float | None = None
+        self._counted: str | None = None
 
     def get_rate(self) -> str | None:
         # Read at request time (not DRF's import-time copy), so settings overrides apply at once.
@@ -90,23 +93,24 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         self.hit(key)
         return True
 
-    def exceeded(self, key: str) -> bool:
-        """Whether ``key`` has used up its rate; if so, ``wait()`` says for how long. One cache read."""
+    def exceeded(self, *keys: str) -> bool:
+        """Whether any of ``keys`` has used up its rate; if so, ``wait()`` says for how long. One cache read."""
         limit, duration = self.num_requests, self.duration
         if limit is None or duration is None:
             return False
         window, elapsed = divmod(self.timer(), duration)
-        previous_key, current_key = f"{key}:{int(window) - 1}", f"{key}:{int(window)}"
+        windows = [(f"{key}:{int(window) - 1}", f"{key}:{int(window)}") for key in keys]
         try:
-            counts = self.cache.get_many([previous_key, current_key])
+            counts = self.cache.get_many([name for pair in windows for name in pair])
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
             logger.warning("throttle cache unavailable, allowing the request (%s)", type(exc).__name__)
             return False
-        previous, current = int(counts.get(previous_key, 0)), int(counts.get(current_key, 0))
-        if previous * (1 - elapsed / duration) + current < limit:
-            return False
-        self._wait = seconds_until_allowed(previous, current, elapsed, limit, duration)
-        return True
+        for previous_key, current_key in windows:
+            previous, current = int(counts.get(previous_key, 0)), int(counts.get(current_key, 0))
+            if previous * (1 - elapsed / duration) + current >= limit:
+                self._wait = seconds_until_allowed(previous, current, elapsed, limit, duration)
+                return True
+        return False
 
     def hit(self, key: str) -> None:
         """Count one request against ``key`` in the current window."""
@@ -124,6 +128,24 @@ class SlidingWindowThrottle(SimpleRateThrottle):
                     self.cache.incr(current_key)  # another worker created it in between
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
             logger.warning("throttle cache unavailable, request not counted (%s)", type(exc).__name__)
+        else:
+            self._counted = current_key
+
+    def refund(self) -> None:
+        """Take back the count of the last ``hit``: the request turned out not to be one this limit is about.
+
+        Decrements the very counter that was incremented, atomically, so the counts of concurrent
+        requests are never lost; a counter that has expired meanwhile is left alone.
+        """
+        counted, self._counted = self._counted, None
+        if counted is None:
+            return
+        try:
+            self.cache.decr(counted)
+        except ValueError:  # the counter expired
+            pass
+        except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
+            logger.warning("throttle cache unavailable, count not taken back (%s)", type(exc).__name__)
 
     def wait(self) -> float | None:
         return self._wait
@@ -159,13 +181,16 @@ class UserActionThrottle(SlidingWindowThrottle):
 
     ``DEFAULT_THROTTLE_RATES = {"set_key": "6000/min"}`` limits ``set_key`` for each user; actions without
     a rate are not throttled. It runs after authentication and permission checks (DRF's order), so only
-    callers allowed to perform the action are counted. It adds no database query: the counters are in
-    the cache, and the caller is the already-authenticated user.
+    callers allowed to perform the action are counted; where the permission is decided later, on the
+    row the action writes (``set_key``), the view takes a refused request's count back (``refund``). It
+    adds no database query: the counters are in the cache, and the caller is the already-authenticated
+    user.
     """
 
     def __init__(self) -> None:
         # The scope is the view's action, known only in allow_request.
         self._wait = None
+        self._counted = None
 
     def allow_request(self, request: Any, view: Any) -> bool:
         action = getattr(view, "action", None)
@@ -212,11 +237,8 @@ class KeyCollisionThrottle(SlidingWindowThrottle):
 
     def check(self, request: Any) -> None:
         """Raise ``Throttled`` (429 with Retry-After) when this caller or this address collided too often."""
-        if self.rate is None:
-            return
-        for key in self._keys(request):
-            if self.exceeded(key):
-                raise Throttled(wait=self.wait())
+        if self.rate is not None and self.exceeded(*self._keys(request)):
+            raise Throttled(wait=self.wait())
 
     def record(self, request: Any) -> None:
         if self.rate is not None:

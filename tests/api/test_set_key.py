@@ -534,9 +534,9 @@ def test_database_trigger_rejecting_the_event_rolls_the_key_back(admin_token, ma
 # test's transaction (where a savepoint would add SAVEPOINT/RELEASE statements that never run in
 # production). Counts include BEGIN and COMMIT whenever they are sent. Targets (issue 7): at most 5
 # statements on the superuser path and 6 on the object-permission path.
-# Fast path (PostgreSQL): bearer lookup, [up-front permission], one statement that locks, decides, writes
-# and audits. Contract path (SQLite): bearer lookup, [up-front permission], BEGIN, SELECT ... FOR UPDATE,
-# [permission on the locked row], collision check, UPDATE, event insert, COMMIT.
+# Fast path (PostgreSQL): bearer lookup, one statement that locks, decides, writes and audits. Contract path
+# (SQLite): bearer lookup, BEGIN, SELECT ... FOR UPDATE, [permission on the locked row], collision check,
+# UPDATE, event insert, COMMIT. No up-front permission query: it is asked only when the body is refused.
 WRITE_STATEMENTS = 1 if ON_POSTGRES else 6
 ROW_PERMISSION = 0 if ON_POSTGRES else 1
 
@@ -554,7 +554,7 @@ def test_query_count_global_permission(bearer, make_user, make_token, django_ass
     caller_token = make_token(make_user(perms=(SET_KEY,)))
     target = make_token(make_user())
     client = bearer(caller_token)
-    with django_assert_num_queries(2 + WRITE_STATEMENTS + ROW_PERMISSION):
+    with django_assert_num_queries(1 + WRITE_STATEMENTS + ROW_PERMISSION):
         assert post_key(client, target.identifier, generate_key()).status_code == 204
 
 
@@ -565,7 +565,7 @@ def test_query_count_object_permission(bearer, make_user, make_token, django_ass
     target = make_token(make_user())
     assign_perm(SET_KEY, caller, target)
     client = bearer(caller_token)
-    with django_assert_num_queries(2 + WRITE_STATEMENTS + ROW_PERMISSION):
+    with django_assert_num_queries(1 + WRITE_STATEMENTS + ROW_PERMISSION):
         assert post_key(client, target.identifier, generate_key()).status_code == 204
 
 

@@ -16,6 +16,7 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
 from core.models import Token, User, generate_key
@@ -266,6 +267,29 @@ def test_set_key_throttle_counts_only_callers_allowed_to_set_keys(
     with rates(set_key="1/min"):
         for _ in range(3):
             assert set_key(with_header(f"Bearer {nobody.key}"), target.identifier).json()["code"] == "permission_denied"
+
+
+def test_set_key_throttle_counts_no_refused_caller_whatever_the_body(
+    make_user: Callable[..., User], make_token: Callable[..., Token], target: Token
+) -> None:
+    nobody = with_header(f"Bearer {make_token(make_user()).key}")
+    with rates(set_key="1/min"):
+        for key in ("has a space", "", generate_key()):
+            assert set_key(nobody, target.identifier, key=key).json()["code"] == "permission_denied"
+
+
+def test_set_key_throttle_takes_back_the_count_of_a_token_the_caller_may_not_rekey(
+    make_user: Callable[..., User], make_token: Callable[..., Token], target: Token
+) -> None:
+    # An object permission on one token: requests on another token are refused (403) and not counted.
+    holder = make_user()
+    assign_perm("authentik_core.set_token_key", holder, target)
+    elsewhere = make_token(make_user())
+    client = with_header(f"Bearer {make_token(holder).key}")
+    with rates(set_key="1/min"):
+        assert set_key(client, elsewhere.identifier).json()["code"] == "permission_denied"
+        assert set_key(client, target.identifier).status_code == 204
+        assert_throttled(set_key(client, target.identifier))
 
 
 def test_set_key_throttle_applies_to_invalid_bodies_too(admin_token: Token, target: Token) -> None:

@@ -171,15 +171,25 @@ def test_bearer_lookups_agree(case, make_user, make_token, past):
     assert (observed["result"] is None) is (case not in ("live", "not-expiring"))
 
 
-@pytest.mark.parametrize("kind", ["superuser", "user-object", "none"])
-def test_view_key_paths_agree(kind, world, make_user, make_group):
+@pytest.mark.parametrize("kind", CALLERS)
+@pytest.mark.parametrize("identifier", ["target", "other", "expired", "kept", "no-such"])
+def test_view_key_paths_agree(kind, identifier, world, make_user, make_group):
     caller = caller_of(kind, world, make_user, make_group, "view_token_key")
-    for identifier in ("target", "expired", "no-such"):
-        both(
-            lambda identifier=identifier: services.token_view_key(
-                token_identifier=identifier, actor=caller, request_meta=META
-            )
-        )
+    observed = both(lambda: services.token_view_key(token_identifier=identifier, actor=caller, request_meta=META))
+    is_global = kind in ("superuser", "user-global", "group-global")
+    on_row = is_global or (kind in ("user-object", "group-object") and identifier != "other")
+    if identifier == "no-such":
+        expected = "ObjectNotFound" if is_global else "PermissionDenied"
+    elif not on_row:
+        expected = "PermissionDenied"
+    elif identifier == "expired":
+        expected = "ObjectNotFound"
+    else:
+        expected = None
+    assert observed.get("error", (None,))[0] == expected
+    # A key is returned exactly when its secret_view event was written.
+    assert observed.get("result") == (world[identifier].key if expected is None else None)
+    assert [json.loads(event)[0] for event in observed["events"]] == (["secret_view"] if expected is None else [])
 
 
 # --- statements per set_key (the service alone; a request adds the bearer lookup and, for callers that
