@@ -131,6 +131,19 @@ def test_formatter_redacts_credentials_a_library_might_quote():
     assert redact("Key (key_digest)=(ab12) already exists.") == "Key (key_digest)=(ab12) already exists."
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["key", "new_key", "password", "passwd", "secret", "authorization", "cookie", "sessionid", "csrftoken"],
+)
+@pytest.mark.parametrize("spelling", [str.lower, str.upper, str.title])
+def test_every_secret_name_is_redacted_in_any_case(name, spelling):
+    # The quick pre-check in redact() must let every name the redactions know through, in any case.
+    for text in (f"{spelling(name)}=s3cr3t-value", f'{{"{spelling(name)}": "s3cr3t-value"}}'):
+        assert "s3cr3t-value" not in redact(text)
+    assert "s3cr3t-value" not in redact(f"{spelling('bearer')} s3cr3t-value")
+    assert "s3cr3t-value" not in redact(f"{spelling('basic')} s3cr3t-value")
+
+
 def test_formatter_leaves_out_request_objects_and_keeps_plain_extras(rf):
     request = rf.get("/x/?key=secret-in-query", HTTP_AUTHORIZATION="Bearer abcdefgh")
     record = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Forbidden: /x/", (), None)
