@@ -15,8 +15,9 @@ What it does, in one run (about 7 minutes with the defaults):
    servers (so a burst of load from elsewhere on the machine hits both alike), every set_key request
    with a fresh key; each slice starts after a ``VACUUM`` of that server's token table, as autovacuum
    would clean a live database (it may be off on the machine). Prints requests/s (all requests / all
-   time), the median over the rounds of the p50/p95/p99 latencies, the non-2xx count, the CPU time per request of the server's gunicorn workers
-   and PostgreSQL backends (from /proc), and the ratios service / baseline.
+   time), the median over the rounds of the p50/p95/p99 latencies, the non-2xx count, the CPU time per
+   request of the server's gunicorn workers and PostgreSQL backends (from /proc), and the ratios
+   service / baseline.
 5. Counts database transactions per request on the server side (``pg_stat_database``), prints the
    peak RSS (VmHWM) of every gunicorn worker, and checks the targets of issue 7.
 
