@@ -25,12 +25,12 @@ def caller(request: Request) -> User:
 
 
 class TokenPermission(BasePermission):
-    """Up front: ``authentik_core.<codename>`` globally or as an object permission on the URL's token.
+    """``authentik_core.<codename>`` globally or as an object permission on the URL's token.
 
-    Runs before the body is read, so a caller without the permission gets 403 (whether or not the
-    identifier exists) without its body being judged. It is an early answer only, never the deciding
-    check: between it and the write a rename may move the identifier to another token, so the service
-    decides again on the row it locks (``core.services.token_set_key``).
+    An early answer only, never the deciding check: between it and the write a rename may move the
+    identifier to another token, so the service decides again on the row it locks
+    (``core.services.token_set_key``). set_key asks it only when the body is refused, so that a caller
+    without the permission gets 403 rather than 400 (whether or not the identifier exists).
     """
 
     codename = ""
