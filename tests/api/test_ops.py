@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.contrib.sessions.backends.db import SessionStore
@@ -408,6 +409,21 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     assert (conf["workers"], conf["threads"], conf["timeout"], conf["graceful_timeout"]) == (5, 4, 45, 25)
     assert conf["bind"] == ["0.0.0.0:9000"]
     assert conf["logconfig_dict"]["handlers"]["stderr"]["formatter"] == "plain"
+
+
+def test_gunicorn_builds_no_access_log_of_its_own(monkeypatch):
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    conf = gunicorn_conf(monkeypatch)
+    config = Config()
+    config.set("logger_class", conf["logger_class"])
+    config.set("logconfig_dict", conf["logconfig_dict"])
+    logger = config.logger_class(config)
+    assert isinstance(logger, Logger)
+    # Called by gunicorn for every request: it must not even build the access-log fields.
+    with mock.patch.object(Logger, "atoms", side_effect=AssertionError("access-log fields built")):
+        logger.access(mock.Mock(), mock.Mock(), {}, mock.Mock())
 
 
 def test_gunicorn_defaults_outlast_the_database_timeouts(monkeypatch, settings):

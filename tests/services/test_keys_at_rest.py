@@ -16,10 +16,12 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import IntegrityError, connection, transaction
+from django.test import override_settings
 from django.urls import reverse
 
 from core import crypto, fastpath
 from core.models import Token, generate_key, key_digest
+from core.services import key_fingerprint
 from events.models import Event
 from tests.helpers import ROOT
 
@@ -373,3 +375,13 @@ def test_logs_and_events_never_carry_a_key_its_ciphertext_or_its_digest(superuse
     for secret in secrets:
         assert secret not in caplog.text
         assert secret not in events
+
+
+@pytest.mark.parametrize("secret", ["one-server-secret", "another-server-secret-after-a-rotation"])
+def test_key_fingerprint_is_djangos_salted_hmac(secret):
+    from django.utils.crypto import salted_hmac
+
+    key = generate_key()
+    with override_settings(SECRET_KEY=secret):
+        expected = salted_hmac("tokens-service.key-fingerprint", key, algorithm="sha256").hexdigest()
+        assert key_fingerprint(key) == expected
