@@ -87,7 +87,12 @@ REQUESTS = [
 ]
 
 
-def measure(repeat: int) -> list[dict]:
+def selected(only: list[str] | None) -> list[tuple[str, str, str]]:
+    """The requests whose name contains one of ``only`` (every request when ``only`` is empty)."""
+    return [request for request in REQUESTS if not only or any(part in request[0] for part in only)]
+
+
+def measure(repeat: int, only: list[str] | None) -> list[dict]:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokens_service.settings")
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key-not-for-production")
@@ -111,7 +116,7 @@ def measure(repeat: int) -> list[dict]:
         ),
     }
     results = []
-    for name, caller, path in REQUESTS:
+    for name, caller, path in selected(only):
         client = clients[caller]
         statuses = set()
         timings = []
@@ -134,11 +139,11 @@ def measure(repeat: int) -> list[dict]:
     return results
 
 
-def run_child(url: str, repeat: int) -> list[dict]:
+def run_child(url: str, repeat: int, only: list[str] | None) -> list[dict]:
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
     print(f"measuring {url.rsplit('/', 1)[-1]} ...", file=sys.stderr, flush=True)
     out = subprocess.run(
-        [sys.executable, __file__, "--measure", "--repeat", str(repeat)],
+        [sys.executable, __file__, "--measure", "--repeat", str(repeat), *(f"--only={part}" for part in only or [])],
         env=env,
         check=True,
         stdout=subprocess.PIPE,
@@ -152,18 +157,26 @@ def main() -> None:
     parser.add_argument("--small", help="DATABASE_URL of the small database")
     parser.add_argument("--big", help="DATABASE_URL of the big database")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--only", action="append", help="measure only the requests whose name contains this (repeatable)"
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.repeat)))
+        print(json.dumps(measure(args.repeat, args.only)))
         return
-    sizes = {label: run_child(url, args.repeat) for label, url in (("small", args.small), ("big", args.big)) if url}
+    requests = selected(args.only)
+    sizes = {
+        label: run_child(url, args.repeat, args.only)
+        for label, url in (("small", args.small), ("big", args.big))
+        if url
+    }
     labels = list(sizes)
     header = f"{'request':40}" + "".join(f" | {label + ' median / max ms (status)':32}" for label in labels)
     print(header)
     print("-" * len(header))
     over = []
-    for index, (name, _, _) in enumerate(REQUESTS):
+    for index, (name, _, _) in enumerate(requests):
         cells = []
         for label in labels:
             row = sizes[label][index]
@@ -173,7 +186,7 @@ def main() -> None:
                 over.append(name)
         print(f"{name:40}" + "".join(cells))
     print(
-        f"\n{len(REQUESTS)} requests; over budget on the last size (median >= 50 ms, max >= 200 ms or 5xx): {len(over)}"
+        f"\n{len(requests)} requests; over budget on the last size (median >= 50 ms, max >= 200 ms or 5xx): {len(over)}"
     )
     for name in over:
         print(f"  {name}")

@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,6 +50,39 @@ def run(sql: str, params: list | None = None, label: str = "") -> None:
         print(f"{label}: {time.monotonic() - started:.1f} s", flush=True)
 
 
+def seed_keys(tokens: int) -> None:
+    """A temporary table ``seed_key (num, key, key_digest)``: the n-th token's stored key and lookup digest.
+
+    Made in Python, as the service stores them (AES-GCM ciphertext, peppered HMAC; the table's check
+    constraints require both shapes), so that listing or reading the seeded tokens decrypts real values.
+    """
+    from core.crypto import encrypt_key, generate_key, key_digest
+
+    started = time.monotonic()
+    run("CREATE TEMP TABLE seed_key (num integer PRIMARY KEY, key text NOT NULL, key_digest text NOT NULL)")
+    with connection.cursor() as cursor, cursor.cursor.copy("COPY seed_key (num, key, key_digest) FROM STDIN") as copy:
+        for n in range(1, tokens + 1):
+            key = generate_key()
+            copy.write_row((n, encrypt_key(key), key_digest(key)))
+    run("ANALYZE seed_key")
+    print(f"token keys: {time.monotonic() - started:.1f} s", flush=True)
+
+
+def create_past_months(days: int) -> None:
+    """The monthly event partitions of the last ``days`` days, as an installation that has been running
+    (and running ``create_event_partitions``) that long has them; otherwise those events would all land in
+    the default partition, and no plan would be the one of a partitioned year."""
+    from django.utils import timezone
+
+    from events.partitions import create_month, month_start, next_month
+
+    now = timezone.now()
+    month, last = month_start(now - timedelta(days=days)), month_start(now)
+    while month <= last:
+        create_month(month)
+        month = next_month(month)
+
+
 def seed(users: int, tokens: int, events: int, days: int) -> None:
     run("SET synchronous_commit = off")
     run("SET maintenance_work_mem = '256MB'")
@@ -70,11 +104,12 @@ FROM generate_series(1, %s) n""",
     )
     run("CREATE UNIQUE INDEX ON seed_user (un)")
     run("ANALYZE seed_user")
+    seed_keys(tokens)
     run(
         """
 INSERT INTO authentik_core_token (token_uuid, identifier, key, key_digest, intent, user_id, description, expires,
     expiring, managed)
-SELECT md5('tok-' || n)::uuid, 'tok-' || n, k.key, encode(sha256(convert_to(k.key, 'UTF8')), 'hex'),
+SELECT md5('tok-' || n)::uuid, 'tok-' || n, k.key, k.key_digest,
     CASE WHEN n %% 10 = 0 THEN 'app_password' WHEN n %% 97 = 0 THEN 'recovery' ELSE 'api' END,
     u.id,
     CASE n %% 4 WHEN 0 THEN 'ci deploy key ' || n WHEN 1 THEN 'backup job' WHEN 2 THEN ''
@@ -83,7 +118,7 @@ SELECT md5('tok-' || n)::uuid, 'tok-' || n, k.key, encode(sha256(convert_to(k.ke
     n %% 3 <> 0,
     CASE WHEN n %% 5000 = 0 THEN 'goauthentik.io/managed/' || n END
 FROM generate_series(1, %s) n
-CROSS JOIN LATERAL (SELECT md5(n || 'a' || random()) || md5(n || 'b' || random()) AS key) k
+JOIN seed_key k ON k.num = n
 JOIN seed_user u ON u.un = 1 + (n::bigint * 7919) %% %s""",
         [tokens, users],
         "tokens",
@@ -117,6 +152,7 @@ FROM generate_series(50, %s, 50) n JOIN auth_group g ON g.name = 'group' || (1 +
         ["change_token", tokens],
         "group object permissions",
     )
+    create_past_months(days)
     # Events, evenly over the last `days` days. Actions: 30% model_updated, 15% model_created, 5%
     # model_deleted, 15% secret_view, 25% login, 5% login_failed, 5% other.
     run(

@@ -116,6 +116,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Fail fast instead of hanging a worker: the timeouts are turned into 503 answers. A transaction
     # left idle (a frozen or partitioned worker holding a token's row lock) is ended by the server.
+    # No parallel workers by default: every request reads a bounded number of rows, and a parallel plan
+    # only adds its workers' start-up; worse, for a count of at most 1,001 matches each worker reads a
+    # whole month of matches before the first row comes back (README, "Scale").
     # Behind PgBouncer these startup options are not passed on: set them on the role instead (README).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
@@ -131,6 +134,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
                 f"-c lock_timeout={env_int('DB_LOCK_TIMEOUT_MS', 3000)}"
                 f" -c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 10000)}"
                 f" -c idle_in_transaction_session_timeout={env_int('DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', 60000)}"
+                f" -c max_parallel_workers_per_gather={env_int('DB_MAX_PARALLEL_WORKERS_PER_GATHER', 0)}"
             ),
         }
     )

@@ -1,6 +1,7 @@
 """What keeps the lists fast at millions of rows: bounded counts and pages, the volume rollup, query shapes."""
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -50,6 +51,28 @@ def test_count_beyond_the_limit_is_at_least_what_was_counted(reader, monkeypatch
     assert body["pagination"]["count"] >= 6
     if connection.vendor != "postgresql":
         assert body["pagination"]["count"] == 12
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner estimate")
+def test_the_estimate_is_that_of_every_match_from_the_plan_of_one(reader, monkeypatch):
+    # The plan of one row stays under jit_above_cost; its input's estimate is the plan of every match's.
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", 5)
+    make_events(12)
+    events = Event.objects.filter(action=EventAction.LOGIN)
+    with CaptureQueriesContext(connection) as queries:
+        estimate = pagination._estimated_rows(events)
+    [explain] = [query["sql"] for query in queries.captured_queries]
+    assert explain.startswith("EXPLAIN")
+    assert explain.endswith("LIMIT 1")
+    full = json.loads(events.explain(format="json"))[0]["Plan"]["Plan Rows"]
+    assert estimate == full
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL setting")
+def test_connections_plan_without_parallel_workers(db):
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW max_parallel_workers_per_gather")
+        assert cursor.fetchone()[0] == "0"
 
 
 def test_pages_end_at_the_row_bound(reader, monkeypatch):
