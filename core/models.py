@@ -18,7 +18,16 @@ from core.crypto import BASE62, generate_key, key_digest
 KEY_ALPHABET = BASE62 + "_"
 DEFAULT_KEY_LENGTH = 60  # with the default 4-character prefix "tks_"
 
-__all__ = ["DEFAULT_KEY_LENGTH", "KEY_ALPHABET", "EncryptedKeyField", "Token", "User", "generate_key", "key_digest"]
+__all__ = [
+    "DEFAULT_KEY_LENGTH",
+    "KEY_ALPHABET",
+    "EncryptedKeyField",
+    "Token",
+    "User",
+    "generate_key",
+    "key_digest",
+    "user_uid",
+]
 
 
 class EncryptedKeyField(models.TextField):
@@ -85,7 +94,12 @@ class User(AbstractUser):
     @property
     def uid(self) -> str:
         """A stable, non-reversible identifier of the user (as authentik's ``uid``)."""
-        return hashlib.sha256(f"tokens-service:user:{self.uuid}".encode()).hexdigest()
+        return user_uid(self.uuid)
+
+
+def user_uid(user_uuid: uuid.UUID) -> str:
+    """``User.uid`` from the user's uuid alone (the token list reads users as rows, not instances)."""
+    return hashlib.sha256(f"tokens-service:user:{user_uuid}".encode()).hexdigest()
 
 
 class TokenIntents(models.TextChoices):
