@@ -15,6 +15,7 @@ and its member names and order are compared there with the serializer's fields.
 from collections.abc import Callable, Iterable
 from datetime import datetime, tzinfo
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from django.contrib.auth.models import Group
 from django.db import connections
@@ -57,17 +58,22 @@ OWNER_FIELDS = (
     "last_updated",
 )
 
-# Each owner with each of its groups (or none), groups in key order: the order of the serializer's
+# The owners' rows (no group), then one row per membership (the user's key, NULLs, the group), each value
+# read once however many groups an owner has. Memberships in group key order: the order of the serializer's
 # ``Prefetch("user__groups", queryset=Group.objects.order_by("pk"))``.
 _OWNERS_SQL = (
-    "SELECT {columns}, g.{group_pk}, g.{group_name} FROM {users} u "
-    "LEFT JOIN {through} ug ON ug.{through_user} = u.{user_pk} "
-    "LEFT JOIN {groups} g ON g.{group_pk} = ug.{through_group} "
-    "WHERE u.{user_pk} IN ({ids}) ORDER BY u.{user_pk}, g.{group_pk}"
+    "SELECT {columns}, NULL, NULL FROM {users} u WHERE u.{user_pk} IN ({{ids}}) "
+    "UNION ALL "
+    "SELECT ug.{through_user}, {nulls}, g.{group_pk}, g.{group_name} "
+    "FROM {through} ug INNER JOIN {groups} g ON g.{group_pk} = ug.{through_group} "
+    "WHERE ug.{through_user} IN ({{ids}}) ORDER BY {group_position}"
 )
 
 DateTimeText = Callable[[datetime | None], str | None]
 GroupRow = tuple[int, str]  # a group's key and name
+# A column's position in ``OWNER_FIELDS``, the column, and the functions that convert its values.
+_Converters = tuple[int, Any, list[Callable[[Any, Any, BaseDatabaseWrapper], Any]]]
+_OWNERS_QUERIES: WeakKeyDictionary[BaseDatabaseWrapper, tuple[str, list[_Converters]]] = WeakKeyDictionary()
 
 
 def token_list_page(rows: QuerySet[Token]) -> list[dict[str, Any]]:
@@ -122,23 +128,22 @@ def _owners(user_ids: Iterable[int], using: str, when: DateTimeText) -> dict[int
     if not ids:
         return {}
     db = connections[using]
-    converters = _converters(db)
+    sql, converters = _owners_query(db)
     width = len(OWNER_FIELDS)
-    owners: dict[int, tuple[list[Any], list[GroupRow]]] = {}
+    users: dict[int, list[Any]] = {}
+    groups: dict[int, list[GroupRow]] = {}
     with db.cursor() as cursor:
-        cursor.execute(_owners_sql(db, len(ids)), ids)
+        cursor.execute(sql.format(ids=", ".join(["%s"] * len(ids))), [*ids, *ids])
         for row in cursor.fetchall():
-            owner = owners.get(row[0])
-            if owner is None:
-                values = list(row[:width])
-                for index, column, functions in converters:
-                    for function in functions:
-                        values[index] = function(values[index], column, db)
-                owner = owners[row[0]] = (values, [])
             group_pk, group_name = row[width:]
             if group_pk is not None:
-                owner[1].append((group_pk, group_name))
-    return {user_id: _user_obj(values, groups, when) for user_id, (values, groups) in owners.items()}
+                groups.setdefault(row[0], []).append((group_pk, group_name))
+                continue
+            values = users[row[0]] = list(row[:width])
+            for index, column, functions in converters:
+                for function in functions:
+                    values[index] = function(values[index], column, db)
+    return {user_id: _user_obj(values, groups.get(user_id, []), when) for user_id, values in users.items()}
 
 
 def _user_obj(values: list[Any], groups: list[GroupRow], when: DateTimeText) -> dict[str, Any]:
@@ -192,12 +197,20 @@ def _user_obj(values: list[Any], groups: list[GroupRow], when: DateTimeText) -> 
     }
 
 
-def _owners_sql(db: BaseDatabaseWrapper, count: int) -> str:
-    """``_OWNERS_SQL`` for ``count`` user ids, with table and column names from the models' metadata."""
+def _owners_query(db: BaseDatabaseWrapper) -> tuple[str, list[_Converters]]:
+    """``_OWNERS_SQL`` with the table and column names of the models' metadata (``{ids}`` left to fill), and
+    the converters the ORM applies to each of ``OWNER_FIELDS`` read from ``db``; made once per connection.
+
+    SQLite returns datetimes as text, uuids as hex and booleans as integers, and JSON arrives as text on
+    both databases: the converters are the functions a queryset would call on each value.
+    """
+    query = _OWNERS_QUERIES.get(db)
+    if query is not None:
+        return query
     quote = db.ops.quote_name
     membership = User._meta.get_field("groups")
     assert isinstance(membership, ManyToManyField)
-    return _OWNERS_SQL.format(
+    sql = _OWNERS_SQL.format(
         columns=", ".join(f"u.{quote(_column(User, name))}" for name in OWNER_FIELDS),
         users=quote(User._meta.db_table),
         user_pk=quote(_column(User, "id")),
@@ -207,16 +220,9 @@ def _owners_sql(db: BaseDatabaseWrapper, count: int) -> str:
         groups=quote(Group._meta.db_table),
         group_pk=quote(_column(Group, "id")),
         group_name=quote(_column(Group, "name")),
-        ids=", ".join(["%s"] * count),
+        nulls=", ".join(["NULL"] * (len(OWNER_FIELDS) - 1)),
+        group_position=len(OWNER_FIELDS) + 1,
     )
-
-
-def _converters(db: BaseDatabaseWrapper) -> list[tuple[int, Any, list[Any]]]:
-    """The converters the ORM applies to each of ``OWNER_FIELDS`` read from ``db`` (index, column, functions).
-
-    SQLite returns datetimes as text, uuids as hex and booleans as integers, and JSON arrives as text on
-    both databases: these are the functions a queryset would call on each value.
-    """
     converters = []
     for index, name in enumerate(OWNER_FIELDS):
         field = User._meta.get_field(name)
@@ -225,7 +231,8 @@ def _converters(db: BaseDatabaseWrapper) -> list[tuple[int, Any, list[Any]]]:
         functions = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
         if functions:
             converters.append((index, column, functions))
-    return converters
+    query = _OWNERS_QUERIES[db] = (sql, converters)
+    return query
 
 
 def _column(model: type[User] | type[Group], field_name: str) -> str:
