@@ -13,6 +13,7 @@ and its member names and order are compared there with the serializer's fields.
 """
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -60,20 +61,38 @@ OWNER_FIELDS = (
 
 # The owners' rows (no group), then one row per membership (the user's key, NULLs, the group), each value
 # read once however many groups an owner has. Memberships in group key order: the order of the serializer's
-# ``Prefetch("user__groups", queryset=Group.objects.order_by("pk"))``.
+# ``Prefetch("user__groups", queryset=Group.objects.order_by("pk"))``. ``{among}`` is the test on the ids.
 _OWNERS_SQL = (
-    "SELECT {columns}, NULL, NULL FROM {users} u WHERE u.{user_pk} IN ({{ids}}) "
+    "SELECT {columns}, NULL, NULL FROM {users} u WHERE u.{user_pk} {among} "
     "UNION ALL "
     "SELECT ug.{through_user}, {nulls}, g.{group_pk}, g.{group_name} "
     "FROM {through} ug INNER JOIN {groups} g ON g.{group_pk} = ug.{through_group} "
-    "WHERE ug.{through_user} IN ({{ids}}) ORDER BY {group_position}"
+    "WHERE ug.{through_user} {among} ORDER BY {group_position}"
 )
 
 DateTimeText = Callable[[datetime | None], str | None]
 GroupRow = tuple[int, str]  # a group's key and name
 # A column's position in ``OWNER_FIELDS``, the column, and the functions that convert its values.
 _Converters = tuple[int, Any, list[Callable[[Any, Any, BaseDatabaseWrapper], Any]]]
-_OWNERS_QUERIES: WeakKeyDictionary[BaseDatabaseWrapper, tuple[str, list[_Converters]]] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True, slots=True)
+class _OwnersQuery:
+    """``_OWNERS_SQL`` for one connection, and the converters the ORM applies to each of ``OWNER_FIELDS``."""
+
+    sql: str
+    converters: list[_Converters]
+    # PostgreSQL: the ids are one array parameter, so the statement's text is the same for any number of
+    # owners and the server prepares it once per connection. Elsewhere: ``IN`` and a placeholder per id.
+    array: bool
+
+    def statement(self, ids: list[int]) -> tuple[str, list[Any]]:
+        if self.array:
+            return self.sql, [ids, ids]
+        return self.sql.format(ids=", ".join(["%s"] * len(ids))), [*ids, *ids]
+
+
+_OWNERS_QUERIES: WeakKeyDictionary[BaseDatabaseWrapper, _OwnersQuery] = WeakKeyDictionary()
 
 
 def token_list_page(rows: QuerySet[Token]) -> list[dict[str, Any]]:
@@ -128,19 +147,19 @@ def _owners(user_ids: Iterable[int], using: str, when: DateTimeText) -> dict[int
     if not ids:
         return {}
     db = connections[using]
-    sql, converters = _owners_query(db)
+    query = _owners_query(db)
     width = len(OWNER_FIELDS)
     users: dict[int, list[Any]] = {}
     groups: dict[int, list[GroupRow]] = {}
     with db.cursor() as cursor:
-        cursor.execute(sql.format(ids=", ".join(["%s"] * len(ids))), [*ids, *ids])
+        cursor.execute(*query.statement(ids))
         for row in cursor.fetchall():
             group_pk, group_name = row[width:]
             if group_pk is not None:
                 groups.setdefault(row[0], []).append((group_pk, group_name))
                 continue
             values = users[row[0]] = list(row[:width])
-            for index, column, functions in converters:
+            for index, column, functions in query.converters:
                 for function in functions:
                     values[index] = function(values[index], column, db)
     return {user_id: _user_obj(values, groups.get(user_id, []), when) for user_id, values in users.items()}
@@ -197,9 +216,9 @@ def _user_obj(values: list[Any], groups: list[GroupRow], when: DateTimeText) -> 
     }
 
 
-def _owners_query(db: BaseDatabaseWrapper) -> tuple[str, list[_Converters]]:
-    """``_OWNERS_SQL`` with the table and column names of the models' metadata (``{ids}`` left to fill), and
-    the converters the ORM applies to each of ``OWNER_FIELDS`` read from ``db``; made once per connection.
+def _owners_query(db: BaseDatabaseWrapper) -> _OwnersQuery:
+    """The owners statement for ``db``, with the table and column names of the models' metadata, and the
+    converters of its columns; made once per connection.
 
     SQLite returns datetimes as text, uuids as hex and booleans as integers, and JSON arrives as text on
     both databases: the converters are the functions a queryset would call on each value.
@@ -210,6 +229,7 @@ def _owners_query(db: BaseDatabaseWrapper) -> tuple[str, list[_Converters]]:
     quote = db.ops.quote_name
     membership = User._meta.get_field("groups")
     assert isinstance(membership, ManyToManyField)
+    array = db.vendor == "postgresql"
     sql = _OWNERS_SQL.format(
         columns=", ".join(f"u.{quote(_column(User, name))}" for name in OWNER_FIELDS),
         users=quote(User._meta.db_table),
@@ -222,6 +242,7 @@ def _owners_query(db: BaseDatabaseWrapper) -> tuple[str, list[_Converters]]:
         group_name=quote(_column(Group, "name")),
         nulls=", ".join(["NULL"] * (len(OWNER_FIELDS) - 1)),
         group_position=len(OWNER_FIELDS) + 1,
+        among="= ANY(%s)" if array else "IN ({ids})",
     )
     converters = []
     for index, name in enumerate(OWNER_FIELDS):
@@ -231,7 +252,7 @@ def _owners_query(db: BaseDatabaseWrapper) -> tuple[str, list[_Converters]]:
         functions = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
         if functions:
             converters.append((index, column, functions))
-    query = _OWNERS_QUERIES[db] = (sql, converters)
+    query = _OWNERS_QUERIES[db] = _OwnersQuery(sql=sql, converters=converters, array=array)
     return query
 
 
