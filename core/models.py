@@ -18,16 +18,7 @@ from core.crypto import BASE62, generate_key, key_digest
 KEY_ALPHABET = BASE62 + "_"
 DEFAULT_KEY_LENGTH = 60  # with the default 4-character prefix "tks_"
 
-__all__ = [
-    "DEFAULT_KEY_LENGTH",
-    "KEY_ALPHABET",
-    "EncryptedKeyField",
-    "Token",
-    "User",
-    "generate_key",
-    "key_digest",
-    "user_uid",
-]
+__all__ = ["DEFAULT_KEY_LENGTH", "KEY_ALPHABET", "EncryptedKeyField", "Token", "User", "generate_key", "key_digest"]
 
 
 class EncryptedKeyField(models.TextField):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django import forms
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.db.models import Prefetch, Q, QuerySet
@@ -18,8 +19,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework import ISO_8601, serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 from rest_framework.test import APIRequestFactory
 
 from core.filters import QueriedFilterBackend, TokenFilter
@@ -118,6 +121,20 @@ def test_members_and_their_order_are_the_serializers(varied_tokens):
     grouped = next(row for row in token_list_page(tokens.all()) if row["user_obj"]["groups_obj"])
     assert list(grouped["user_obj"]["groups_obj"][0]) == list(PartialGroupSerializer().fields)
     assert TOKEN_COLUMNS[4] == "user_id"  # the owner's key, read by position
+
+
+def test_the_datetime_settings_are_those_the_list_reproduces():
+    # core.listing writes datetimes as DRF does with these settings (ISO 8601, aware, in the current zone).
+    assert settings.USE_TZ is True
+    assert api_settings.DATETIME_FORMAT == ISO_8601
+    datetime_fields = [
+        field
+        for serializer in (TokenSerializer(), UserSerializer())
+        for field in serializer.fields.values()
+        if isinstance(field, serializers.DateTimeField)
+    ]
+    assert len(datetime_fields) == 6
+    assert not any(hasattr(field, "format") or hasattr(field, "timezone") for field in datetime_fields)
 
 
 @pytest.mark.parametrize("ordering", ORDERINGS)
