@@ -85,7 +85,12 @@ class User(AbstractUser):
     @property
     def uid(self) -> str:
         """A stable, non-reversible identifier of the user (as authentik's ``uid``)."""
-        return hashlib.sha256(f"tokens-service:user:{self.uuid}".encode()).hexdigest()
+        return user_uid(self.uuid)
+
+
+def user_uid(user_uuid: uuid.UUID) -> str:
+    """``User.uid`` from the user's uuid alone (the token list reads users as rows, not instances)."""
+    return hashlib.sha256(f"tokens-service:user:{user_uuid}".encode()).hexdigest()
 
 
 class TokenIntents(models.TextChoices):

@@ -154,6 +154,14 @@ def user_has_token_perm_on_pk(user: User, codename: str, token_pk: uuid.UUID) ->
     return _holds_token_perm(user, codename, ({}, Q(object_pk=str(token_pk))))
 
 
+# The codenames of the token's permissions (Django's defaults and the model's own): in this app, no other
+# model has a permission of these names, so holding one globally is holding it on the token model.
+_TOKEN_CODENAMES = frozenset(
+    [f"{action}_{Token._meta.model_name}" for action in Token._meta.default_permissions]
+    + [codename for codename, _ in Token._meta.permissions]
+)
+
+
 def user_has_global_perm(user: User, app_label: str, codename: str) -> bool:
     """Whether ``user`` holds ``<app_label>.<codename>`` globally (user or group permission), in one query.
 
@@ -163,6 +171,8 @@ def user_has_global_perm(user: User, app_label: str, codename: str) -> bool:
         return False
     if user.is_superuser:
         return True
+    if fastpath.enabled() and app_label == Token._meta.app_label and codename in _TOKEN_CODENAMES:
+        return fastpath.user_has_global_token_perm(user, codename)
     perm = OuterRef("pk")
     user_global = User.user_permissions.through.objects.filter(user_id=user.pk, permission_id=perm)
     group_global = Group.permissions.through.objects.filter(permission_id=perm, group__user=user.pk)

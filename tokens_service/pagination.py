@@ -4,11 +4,13 @@ import json
 from functools import cached_property
 from typing import Any
 
+from django.core.paginator import InvalidPage, Page
 from django.core.paginator import Paginator as DjangoPaginator
 from django.db import connections
 from django.db.models import QuerySet
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 # Pages reach the first MAX_PAGINATED_ROWS rows of a result. `count` is exact up to EXACT_COUNT_LIMIT;
@@ -77,6 +79,26 @@ class Pagination(PageNumberPagination):
     django_paginator_class = BoundedPaginator
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any]:
+        return list(self.page_of(queryset, request))
+
+    def page_of(self, queryset: Any, request: Request) -> Page:
+        """DRF's ``paginate_queryset`` up to the page, without reading its rows: ``object_list`` of the page
+        returned is still the unevaluated queryset (a slice) of its rows, for a view that reads them its own
+        way (the token list, ``core.listing``). Counting, page number and errors (404 "Invalid page.") are
+        unchanged. (DRF's page controls are left out: they serve the browsable API, which is not enabled.)
+        """
+        self.request = request
+        page_size = self.get_page_size(request)
+        paginator = self.django_paginator_class(queryset, page_size)
+        page_number = self.get_page_number(request, paginator)
+        try:
+            self.page = paginator.page(page_number)
+        except InvalidPage as exc:
+            message = self.invalid_page_message.format(page_number=page_number, message=str(exc))
+            raise exceptions.NotFound(message) from exc
+        return self.page
 
     def get_page_size(self, request: Any) -> int:
         raw = request.query_params.get(self.page_size_query_param)

@@ -147,6 +147,25 @@ def test_permission_checks_agree(kind, identifier, world, make_user, make_group)
         both(lambda codename=codename: selectors.user_has_token_perm_on_pk(caller, codename, pk))
 
 
+@pytest.mark.parametrize("kind", CALLERS)
+@pytest.mark.parametrize("held", ["view_token", "set_token_key", "change_token"])
+def test_global_permission_checks_agree(kind, held, world, make_user, make_group):
+    caller = caller_of(kind, world, make_user, make_group, held)
+    for codename in ("view_token", "set_token_key", "change_token", "view_token_key", "view_user"):
+        observed = both(lambda codename=codename: selectors.user_has_global_perm(caller, "authentik_core", codename))
+        holds = kind == "superuser" or (kind in ("user-global", "group-global") and codename == held)
+        assert observed["result"] is holds, codename
+    both(lambda: selectors.user_has_global_perm(caller, "authentik_events", "view_event"))
+
+
+def test_a_global_token_permission_check_is_one_statement(make_user):
+    caller = make_user(perms=("authentik_core.view_token",))
+    with CaptureQueriesContext(connection) as queries:
+        assert selectors.user_has_global_perm(caller, "authentik_core", "view_token")
+    assert len(queries) == 1
+    assert "UNION ALL" in queries[0]["sql"]  # the fast path's statement
+
+
 @pytest.mark.parametrize("case", ["live", "expired", "not-expiring", "inactive-user", "recovery", "unknown"])
 def test_bearer_lookups_agree(case, make_user, make_token, past):
     user = make_user(is_active=case != "inactive-user", attributes={"a": [1]})
