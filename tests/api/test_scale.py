@@ -75,6 +75,24 @@ def test_connections_plan_without_parallel_workers(db):
         assert cursor.fetchone()[0] == "0"
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner statistics")
+def test_searched_expressions_keep_fine_statistics(db):
+    # Without them a rare search term is estimated at 1% of the tokens and the planner walks the identifier
+    # index through most of the table (migration authentik_core.0008).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, a.attstattarget FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " WHERE c.relname IN ('token_identifier_trgm_idx', 'token_description_trgm_idx', 'user_username_trgm_idx')"
+        )
+        indexes = dict(cursor.fetchall())
+        cursor.execute("SELECT stxname, stxstattarget FROM pg_statistic_ext WHERE stxname LIKE 'token_%_upper_stats'")
+        statistics = dict(cursor.fetchall())
+    assert indexes == dict.fromkeys(
+        ["token_identifier_trgm_idx", "token_description_trgm_idx", "user_username_trgm_idx"], 10_000
+    )
+    assert statistics == dict.fromkeys(["token_identifier_upper_stats", "token_description_upper_stats"], 10_000)
+
+
 def test_pages_end_at_the_row_bound(reader, monkeypatch):
     monkeypatch.setattr(pagination, "MAX_PAGINATED_ROWS", 7)
     make_events(12)
