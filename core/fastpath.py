@@ -102,6 +102,20 @@ def _attnames(model: type[models.Model], deferred: frozenset[str] = frozenset())
     return [field.attname for field in _fields(model, deferred)]
 
 
+def orm_converters(
+    db: BaseDatabaseWrapper, model: type[models.Model], fields: Sequence[Any]
+) -> list[tuple[int, Any, list[_Converter]]]:
+    """The functions a queryset applies to the values of ``fields`` of ``model`` read from ``db``, by the
+    field's position in ``fields`` (fields without any are left out)."""
+    converters = []
+    for index, field in enumerate(fields):
+        column = field.get_col(model._meta.db_table)
+        functions = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
+        if functions:
+            converters.append((index, column, functions))
+    return converters
+
+
 def _from_row(
     db: BaseDatabaseWrapper, model: type[_M], values: Sequence[Any], deferred: frozenset[str] = frozenset()
 ) -> _M:
@@ -115,13 +129,7 @@ def _from_row(
         per_model = _CONVERTERS[db] = {}
     converters = per_model.get((model, deferred))
     if converters is None:
-        converters = []
-        for index, field in enumerate(_fields(model, deferred)):
-            column = field.get_col(model._meta.db_table)
-            functions = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
-            if functions:
-                converters.append((index, column, functions))
-        per_model[(model, deferred)] = converters
+        converters = per_model[(model, deferred)] = orm_converters(db, model, _fields(model, deferred))
     row = list(values)
     for index, column, functions in converters:
         for function in functions:
@@ -484,7 +492,7 @@ def token_view_key(*, token_identifier: str, actor: User, request_meta: RequestM
     from core import services  # the contract module imports this one
 
     # "pk" is filled in by the statement, from the row it read.
-    summary = {"app": Token._meta.app_label, "model_name": Token._meta.model_name, "pk": None, "name": token_identifier}
+    summary = services.token_summary(token_identifier=token_identifier, token_pk=None)
     params = {
         "identifier": token_identifier,
         "now": _now(),

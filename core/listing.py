@@ -25,6 +25,7 @@ from django.db.models import Field, ManyToManyField, QuerySet
 from django.utils import timezone
 
 from core.avatars import avatar_data_uri_of, group_uuid_of_pk
+from core.fastpath import orm_converters
 from core.models import Token, User, user_uid
 
 # The token's columns that the list shows, in the serializer's order (its owner comes from ``OWNER_FIELDS``).
@@ -244,14 +245,7 @@ def _owners_query(db: BaseDatabaseWrapper) -> _OwnersQuery:
         group_position=len(OWNER_FIELDS) + 1,
         among="= ANY(%s)" if array else "IN ({ids})",
     )
-    converters = []
-    for index, name in enumerate(OWNER_FIELDS):
-        field = User._meta.get_field(name)
-        assert isinstance(field, Field)
-        column = field.get_col(User._meta.db_table)
-        functions = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
-        if functions:
-            converters.append((index, column, functions))
+    converters = orm_converters(db, User, [User._meta.get_field(name) for name in OWNER_FIELDS])
     query = _OWNERS_QUERIES[db] = _OwnersQuery(sql=sql, converters=converters, array=array)
     return query
 

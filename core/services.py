@@ -10,19 +10,16 @@ the same transaction as the write: never on an identifier resolved earlier, whic
 could have moved to another token.
 """
 
-import functools
-import hashlib
-import hmac
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import BooleanField, ExpressionWrapper
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from core import fastpath
@@ -56,17 +53,8 @@ class KeyInUse(FieldConflict):
 
 
 def key_fingerprint(key: str) -> str:
-    """An HMAC of ``key`` under the server's secret: lets an auditor match a key they hold, reveals nothing.
-
-    The same value as ``salted_hmac("tokens-service.key-fingerprint", key, algorithm="sha256")``, with the
-    salted key derived once per secret rather than on every call.
-    """
-    return hmac.new(_fingerprint_key(settings.SECRET_KEY), key.encode(), hashlib.sha256).hexdigest()
-
-
-@functools.lru_cache(maxsize=2)
-def _fingerprint_key(secret: str) -> bytes:
-    return hashlib.sha256(b"tokens-service.key-fingerprint" + secret.encode()).digest()
+    """An HMAC of ``key`` under the server's secret: lets an auditor match a key they hold, reveals nothing."""
+    return salted_hmac("tokens-service.key-fingerprint", key, algorithm="sha256").hexdigest()
 
 
 def _locked_token(**lookup: Any) -> Token | None:
@@ -93,16 +81,22 @@ def _authorize(actor: User, codename: str, token: Token, *, owner_allowed: bool 
         raise PermissionDenied
 
 
+def token_summary(*, token_identifier: str, token_pk: str | None) -> dict[str, Any]:
+    """``events.services.model_summary`` of a token known by identifier and pk hex (``None`` where the
+    hand-written statement fills it in from the row it wrote)."""
+    return {
+        "app": Token._meta.app_label,
+        "model_name": Token._meta.model_name,
+        "pk": token_pk,
+        "name": token_identifier,
+    }
+
+
 def set_key_event_context(*, token_identifier: str, token_pk: str | None, key: str) -> dict[str, Any]:
     """The context of set_key's ``model_updated`` event, the same on both paths: the token summary, the
     changed field and the key's fingerprint (never the key)."""
     return {
-        "model": {
-            "app": Token._meta.app_label,
-            "model_name": Token._meta.model_name,
-            "pk": token_pk,
-            "name": token_identifier,
-        },
+        "model": token_summary(token_identifier=token_identifier, token_pk=token_pk),
         "changed_fields": ["key"],
         "key_fingerprint": key_fingerprint(key),
     }
@@ -156,12 +150,7 @@ def set_key_outcome(
     refuse_unless_allowed(token_pk=token_pk, permitted=permitted, global_perm=global_perm, expired=expired)
     assert token_pk is not None  # refused above otherwise
     if collides:
-        summary = {
-            "app": Token._meta.app_label,
-            "model_name": Token._meta.model_name,
-            "pk": token_pk.hex,
-            "name": token_identifier,
-        }
+        summary = token_summary(token_identifier=token_identifier, token_pk=token_pk.hex)
         report_key_collision(actor=actor, request_meta=request_meta, token_summary=summary)
         raise KeyInUse
     if not written:  # pragma: no cover - every refusal is handled above

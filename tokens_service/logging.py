@@ -28,13 +28,12 @@ REDACTED = "[redacted]"
 # Defence in depth: the code never logs a secret on purpose, but a message, an exception or a traceback
 # written by a library might quote a header, a query string or a JSON body. The value classes stop at
 # quotes and backslashes so a redaction can never break the JSON encoding of the line around it.
+_SCHEMES = "bearer|basic"
+_SECRET_NAMES = "key|new_key|password|passwd|secret|authorization|cookie|sessionid|csrftoken"  # noqa: S105 - names, not a secret
 _REDACTIONS = (
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s\"'\\,;]+"), r"\1\2" + REDACTED),
+    (re.compile(rf"(?i)\b({_SCHEMES})(\s+)[^\s\"'\\,;]+"), r"\1\2" + REDACTED),
     (
-        re.compile(
-            r"(?i)([\"']?\b(?:key|new_key|password|passwd|secret|authorization|cookie|sessionid|csrftoken)"
-            r"[\"']?\s*[:=]\s*[\"']?)[^\s\"'\\,;&}]+"
-        ),
+        re.compile(rf"(?i)([\"']?\b(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*[\"']?)[^\s\"'\\,;&}}]+"),
         r"\1" + REDACTED,
     ),
 )
@@ -46,9 +45,9 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 _NEVER_RENDERED = frozenset({"request", "response", "server_time"})
 
 
-# Every text a redaction could change contains one of these words: one search clears the usual log string
-# (a method, an address, a request id) without running the redactions themselves.
-_SUSPECT = re.compile(r"(?i)bearer|basic|key|passw|secret|authorization|cookie|sessionid|csrftoken")
+# Every text a redaction could change contains one of the words they look for: one search clears the usual
+# log string (a method, an address, a request id) without running the redactions themselves.
+_SUSPECT = re.compile(rf"(?i){_SCHEMES}|{_SECRET_NAMES}")
 
 
 def redact(text: str) -> str:
