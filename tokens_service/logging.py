@@ -48,11 +48,28 @@ _NEVER_RENDERED = frozenset({"request", "response", "server_time"})
 # Every text a redaction could change contains one of the words they look for: one search clears the usual
 # log string (a method, an address, a request id) without running the redactions themselves.
 _SUSPECT = re.compile(rf"(?i){_SCHEMES}|{_SECRET_NAMES}")
+_SUSPECT_SCHEME = re.compile(_SCHEMES)
+_SUSPECT_NAME = re.compile(_SECRET_NAMES)
+
+
+def _suspect(text: str) -> bool:
+    """Whether a redaction might change ``text``: it names a scheme, or a secret name and then ``:`` or ``=``.
+
+    ASCII text (nearly every log string) is searched lower-cased, without the regex's case folding, which
+    made the check most of an access line's cost; other text goes through ``_SUSPECT``, whose case folding
+    also matches non-ASCII letters (the long s, the Kelvin sign) that ``str.lower`` leaves alone.
+    """
+    if not text.isascii():
+        return _SUSPECT.search(text) is not None
+    lowered = text.lower()
+    if _SUSPECT_SCHEME.search(lowered):
+        return True
+    return ("=" in text or ":" in text) and _SUSPECT_NAME.search(lowered) is not None
 
 
 def redact(text: str) -> str:
     """``text`` with Bearer/Basic credentials and ``key=...``-style values replaced by ``[redacted]``."""
-    if not _SUSPECT.search(text):
+    if not _suspect(text):
         return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)

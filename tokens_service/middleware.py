@@ -133,3 +133,38 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, DatabaseError):
             return server_error_for_database_bug(exception)
         return None
+
+
+# --- browser-only middleware ------------------------------------------------------------------------------
+
+# The API's paths, at the root and under authentik's /api/v3/ base path (the schema pages excluded).
+_API_PATH = re.compile(r"^/(?:api/v3/)?(?:core|events)/")
+
+
+def is_bearer_api_request(request: HttpRequest) -> bool:
+    """Whether ``request`` is an API call that carries an ``Authorization`` header and no cookie (an empty
+    ``Cookie`` header, as Django's test client sends, carries none).
+
+    Such a request is authenticated by its header alone: DRF tries the bearer authenticator first, which
+    either authenticates the caller or refuses the request, so the session is never consulted. Django's
+    request user, messages and static files have nothing to do for it.
+    """
+    meta = request.META
+    if "HTTP_AUTHORIZATION" not in meta or meta.get("HTTP_COOKIE"):
+        return False
+    return _API_PATH.match(request.path_info) is not None
+
+
+class BrowserOnlyMiddleware:
+    """Mixin for a middleware that serves browsers only: bearer API requests (``is_bearer_api_request``)
+    pass straight through to the next layer, so they do not pay for the lazy request user, messages and
+    static-file lookups that cannot apply to them (about 3% of a set_key's CPU, measured).
+    Every other request, the admin and the API called with a session cookie among them, gets the
+    middleware in full. ``tokens_service.browser_middleware`` applies it to Django's classes (the admin's
+    system checks accept subclasses).
+    """
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if is_bearer_api_request(request):
+            return self.get_response(request)  # type: ignore[attr-defined,no-any-return]
+        return super().__call__(request)  # type: ignore[misc,no-any-return]

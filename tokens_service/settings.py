@@ -68,12 +68,15 @@ MIDDLEWARE = [
     # Before WhiteNoise, so static files carry X-Frame-Options too: security headers on every response.
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Serves the collected admin and docs static files (STATIC_ROOT) from the app process itself.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # The tokens_service.browser_middleware classes are Django's (and WhiteNoise's), skipped for API requests
+    # authenticated by their Authorization header alone (tokens_service.middleware.BrowserOnlyMiddleware).
+    # Sessions and CSRF stay Django's own classes: `check --deploy` finds them by name to check their cookies.
+    "tokens_service.browser_middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "tokens_service.browser_middleware.AuthenticationMiddleware",
+    "tokens_service.browser_middleware.MessageMiddleware",
 ]
 
 ROOT_URLCONF = "tokens_service.urls"

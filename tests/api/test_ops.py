@@ -438,3 +438,11 @@ def test_gunicorn_defaults_outlast_the_database_timeouts(monkeypatch, settings):
     # A stuck query ends in a 503 (statement_timeout) before gunicorn kills the worker.
     assert conf["timeout"] * 1000 > 10000  # DB_STATEMENT_TIMEOUT_MS default
     assert conf["graceful_timeout"] < conf["timeout"]
+
+
+def test_the_wsgi_module_freezes_what_loading_the_app_created():
+    # gc.freeze() at the end of tokens_service.wsgi: the app's import-time objects are left out of collections.
+    code = "import gc, tokens_service.wsgi; print(gc.get_freeze_count())"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tokens_service.settings"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert int(done.stdout) > 10_000

@@ -11,10 +11,19 @@ import pytest
 import requests
 from django.db import OperationalError
 from django.urls import reverse
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from core.models import Token, generate_key
 from tests.support.live import LiveServer, start_server
-from tokens_service.logging import JsonFormatter, PlainFormatter, SecretSafeExceptionReporterFilter, redact
+from tokens_service.logging import (
+    _REDACTIONS,
+    JsonFormatter,
+    PlainFormatter,
+    SecretSafeExceptionReporterFilter,
+    _suspect,
+    redact,
+)
 
 ACCESS_FIELDS = {"method", "path", "status", "duration_ms", "request_id", "client_ip", "actor"}
 
@@ -142,6 +151,73 @@ def test_every_secret_name_is_redacted_in_any_case(name, spelling):
         assert "s3cr3t-value" not in redact(text)
     assert "s3cr3t-value" not in redact(f"{spelling('bearer')} s3cr3t-value")
     assert "s3cr3t-value" not in redact(f"{spelling('basic')} s3cr3t-value")
+
+
+def _redact_without_precheck(text: str) -> str:
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# Text built from the words the redactions look for, their separators and letters that case-fold onto
+# ASCII ones (the long s, the Kelvin sign, the dotless i, the Angstrom sign), plus anything else.
+_LOG_TEXT = st.lists(
+    st.sampled_from(
+        [
+            "key",
+            "KEY",
+            "new_key",
+            "Password",
+            "passwd",
+            "secret",
+            "authorization",
+            "Cookie",
+            "sessionid",
+            "csrftoken",
+            "bearer",
+            "BASIC",
+            ":",
+            "=",
+            " ",
+            "\t",
+            '"',
+            "'",
+            ",",
+            "/",
+            "set_key",
+            "pa\u017fsword",
+            "\u212aey",
+            "\u017fecret",
+            "\u0131",
+            "\u212b",
+            "value",
+            "x",
+        ]
+    )
+    | st.text(max_size=4),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_LOG_TEXT)
+@example("pa\u017fsword: value")  # the long s folds onto "s"
+@example("\u212aEY=value")  # the Kelvin sign folds onto "k"
+@example("/core/tokens/x/set_key/ key")
+def test_the_quick_precheck_never_skips_a_redaction(text):
+    # redact() skips the redactions when _suspect() says they cannot change the text: it must say so only
+    # when that is true, for any text, ASCII or not.
+    assert redact(text) == _redact_without_precheck(text)
+    if not _suspect(text):
+        assert _redact_without_precheck(text) == text
+
+
+def test_paths_and_ordinary_access_fields_are_not_suspect():
+    # The set_key path names "key" but cannot be redacted (no ':' or '='): the access line skips the regexes.
+    for text in ("/core/tokens/bench-hot/set_key/", "POST /api/v3/core/tokens/x/view_key/ 200", "127.0.0.1"):
+        assert not _suspect(text)
+    for text in ("key=abc", "Bearer abc", "pa\u017fsword: abc"):
+        assert _suspect(text)
 
 
 def test_formatter_leaves_out_request_objects_and_keeps_plain_extras(rf):
