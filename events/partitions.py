@@ -326,14 +326,14 @@ def replace_default_partition(db: BaseDatabaseWrapper, *, now: datetime) -> None
         assert lower is not None
         assert upper is not None
         existing = {p.start for p in months}
-        for month in months_between(lower, upper):
-            if month not in existing:
-                _create_partition(cursor, partition_name(month), _bounds(month))
-        _create_partition(cursor, BEFORE_PARTITION, _range(None, lower))
-        _create_partition(cursor, AFTER_PARTITION, _range(upper, None))
+        new = {partition_name(month): _bounds(month) for month in months_between(lower, upper) if month not in existing}
+        new |= {BEFORE_PARTITION: _range(None, lower), AFTER_PARTITION: _range(upper, None)}
+        for name, bounds in new.items():
+            cursor.execute(f"CREATE TABLE {name} PARTITION OF {TABLE} {bounds}")
         cursor.execute(f"INSERT INTO {TABLE} SELECT * FROM {DEFAULT_PARTITION}")  # noqa: S608
         cursor.execute(f"DROP TABLE {DEFAULT_PARTITION}")
-        cursor.execute(f"ANALYZE {TABLE}")
+        for name in new:
+            copy_statistics(cursor, name)  # and ANALYZE: only the partitions that are new
 
 
 def restore_default_partition(db: BaseDatabaseWrapper) -> None:
@@ -344,17 +344,11 @@ def restore_default_partition(db: BaseDatabaseWrapper) -> None:
         layout(db)  # the ranged layout, or PartitionLayoutError
         for name in (BEFORE_PARTITION, AFTER_PARTITION):
             cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
-        _create_partition(cursor, DEFAULT_PARTITION, "DEFAULT")
+        cursor.execute(f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF {TABLE} DEFAULT")
         for name in (BEFORE_PARTITION, AFTER_PARTITION):
             cursor.execute(f"INSERT INTO {TABLE} SELECT * FROM {name}")  # noqa: S608
             cursor.execute(f"DROP TABLE {name}")
-        cursor.execute(f"ANALYZE {TABLE}")
-
-
-def _create_partition(cursor: Any, name: str, bounds: str) -> None:
-    """A new (empty) partition with the parent's indexes and extended statistics."""
-    cursor.execute(f"CREATE TABLE {name} PARTITION OF {TABLE} {bounds}")
-    copy_statistics(cursor, name)
+        copy_statistics(cursor, DEFAULT_PARTITION)
 
 
 def rebuild_events_table(db: BaseDatabaseWrapper, *, partitioned: bool, now: datetime) -> None:
