@@ -4,6 +4,7 @@ import json
 from functools import cached_property
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.core.paginator import InvalidPage, Page
 from django.core.paginator import Paginator as DjangoPaginator
 from django.db import connections
@@ -80,13 +81,13 @@ def _readable_by_key(rows: QuerySet[Any]) -> bool:
 
 class KeyedPaginator(BoundedPaginator):
     """``BoundedPaginator`` that finds a small result once: when the matches number at most
-    ``EXACT_COUNT_LIMIT``, the count fetches their primary keys instead of counting them, and the page is
-    then read by those keys (``pk IN (...)`` in the same ordering), without the filters.
+    ``EXACT_COUNT_LIMIT``, the count also returns their primary keys, and the page is then read by those
+    keys (``pk IN (...)`` in the same ordering), without the filters.
 
     For lists whose filters cost much per row, such as a non-superuser's token list, which probes every
     token the caller may see (5,150 in "Scale"): the count and the page each did so (about 20 ms apiece at
     500,000 tokens); now only the count does, and the page reads the matches by key. A larger result is
-    counted and paged as ``BoundedPaginator`` does (fetching up to 1,001 keys instead of counting them).
+    counted and paged as ``BoundedPaginator`` does (on PostgreSQL its keys are not even sent).
 
     The page shows the rows that matched when the count ran, with their values when the page is read: a row
     deleted in between is left out, a row that stopped or started matching in between is shown as the count
@@ -99,10 +100,28 @@ class KeyedPaginator(BoundedPaginator):
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
         if not _readable_by_key(rows):
             return super()._count_up_to(rows, limit)
-        keys = list(rows.order_by().values_list("pk", flat=True)[:limit])
-        if len(keys) < limit:
-            self._keys = keys  # every match: the page is read by these keys
-        return len(keys)
+        window = rows.order_by().values_list("pk", flat=True)[:limit]
+        db = connections[rows.db]
+        if db.vendor != "postgresql":
+            keys = list(window)
+            counted = len(keys)
+        else:
+            # One row: the count and, only when it is every match, their keys; a larger result costs its count
+            # alone, as in BoundedPaginator, not 1,001 keys fetched to be dropped.
+            try:
+                sql, params = window.query.get_compiler(using=rows.db).as_sql()
+            except EmptyResultSet:  # a filter that matches nothing whatever the rows (``none()``)
+                self._keys = []
+                return 0
+            with db.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT count(*), CASE WHEN count(*) < %s THEN array_agg(w.k) END FROM ({sql}) AS w(k)",  # noqa: S608
+                    [limit, *params],
+                )
+                counted, keys = cursor.fetchone()
+        if counted < limit:
+            self._keys = list(keys or [])  # every match: the page is read by these keys
+        return int(counted)
 
     def page(self, number: Any) -> Page:
         number = self.validate_number(number)  # runs the count
