@@ -320,7 +320,7 @@ def replace_default_partition(db: BaseDatabaseWrapper, *, now: datetime) -> None
         default = next((p for p in found if p.default), None)
         if default is None or len(months) + 1 != len(found):
             raise PartitionLayoutError("Expected month partitions and a default partition (migration 0004).")
-        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {DEFAULT_PARTITION}")
+        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {default.name}")
         lower = months[0].start if months else month_start(now)
         upper = months[-1].end if months else lower
         assert lower is not None
@@ -330,8 +330,8 @@ def replace_default_partition(db: BaseDatabaseWrapper, *, now: datetime) -> None
         new |= {BEFORE_PARTITION: _range(None, lower), AFTER_PARTITION: _range(upper, None)}
         for name, bounds in new.items():
             cursor.execute(f"CREATE TABLE {name} PARTITION OF {TABLE} {bounds}")
-        cursor.execute(f"INSERT INTO {TABLE} SELECT * FROM {DEFAULT_PARTITION}")  # noqa: S608
-        cursor.execute(f"DROP TABLE {DEFAULT_PARTITION}")
+        cursor.execute(f"INSERT INTO {TABLE} SELECT * FROM {default.name}")  # noqa: S608
+        cursor.execute(f"DROP TABLE {default.name}")
         for name in new:
             copy_statistics(cursor, name)  # and ANALYZE: only the partitions that are new
 

@@ -324,3 +324,15 @@ def test_prune_empties_an_expired_month_after_a_kept_one_and_keeps_it(db):
     # Once the month before it goes, it goes too.
     assert drop_expired_partitions(now=now + timedelta(days=10)) == (1, next_month(kept_month))
     assert layout().lower > expired_month
+
+
+@requires_postgres
+def test_prune_still_deletes_expired_rows_when_the_layout_is_unexpected(db, caplog):
+    now = timezone.now()
+    expired = Event.objects.create(action=EventAction.LOGIN, app="t", created=now, expires=now - timedelta(days=1))
+    with connection.cursor() as cursor:  # a gap: someone detached a month by hand
+        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {partition_name(months_ahead(2))}")
+    output = command("prune_expired")
+    assert "Deleted 1 expired events" in output
+    assert not Event.objects.filter(pk=expired.pk).exists()
+    assert "unexpected partition layout" in caplog.text
