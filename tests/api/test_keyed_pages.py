@@ -21,8 +21,9 @@ GUARDIAN_TABLES = (UserObjectPermission._meta.db_table, GroupObjectPermission._m
 
 @pytest.fixture
 def member(make_user, make_group, make_token, bearer):
-    """A caller without the global permission who sees 9 of 13 tokens: 3 own, 3 through its own object
-    permissions, 3 through its group's; names, descriptions, expiry and owners vary, some tie."""
+    """A client for a caller without the global permission who sees 10 of 14 tokens: 4 own (one is the
+    client's), 3 through its own object permissions, 3 through its group's; descriptions, expiry and owners
+    vary, and some tie."""
     caller = make_user(username="member")
     group = make_group()
     caller.groups.add(group)
@@ -49,8 +50,7 @@ def member(make_user, make_group, make_token, bearer):
         assign_perm("authentik_core.change_token", group, token)
     for n in range(4):
         make_token(others[n % 3], identifier=f"hidden-{n}", description="backup")
-    client = bearer(make_token(caller, identifier="member-key", intent=TokenIntents.API))
-    return client
+    return bearer(make_token(caller, identifier="member-key", intent=TokenIntents.API))
 
 
 def listed(client, **params):
