@@ -71,7 +71,7 @@ def seed_keys(tokens: int) -> None:
 def create_past_months(days: int) -> None:
     """The monthly event partitions of the last ``days`` days, as an installation that has been running
     (and running ``create_event_partitions``) that long has them; otherwise those events would all land in
-    the default partition, and no plan would be the one of a partitioned year."""
+    the catch-all partition, and no plan would be the one of a partitioned year."""
     from django.utils import timezone
 
     from events.partitions import create_month, month_start, next_month

@@ -45,7 +45,7 @@ from core.services import (
     token_update,
     token_view_key,
 )
-from tokens_service.pagination import Pagination
+from tokens_service.pagination import KeyedPagination, Pagination
 from tokens_service.request_meta import request_meta
 from tokens_service.throttling import KeyCollisionThrottle, SlidingWindowThrottle
 
@@ -86,6 +86,7 @@ class TokenViewSet(ModelViewSet):
     # query, so a NUL or other junk in the path never reaches the database (PostgreSQL rejects NUL).
     lookup_value_regex = "[-a-zA-Z0-9_]+"
     permission_classes = [IsAuthenticated, TokenObjectPermission]
+    pagination_class = KeyedPagination  # a small result is found once, by the count (README, "Scale")
     filter_backends = [SingleValuedQueryParameters, QueriedFilterBackend, TokenSearchFilter, StableOrderingFilter]
     filterset_class = TokenFilter
     search_fields = ["identifier", "intent", "user__username", "description"]

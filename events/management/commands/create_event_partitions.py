@@ -5,13 +5,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from events.partitions import DEFAULT_MONTHS_AHEAD, create_months_ahead, is_partitioned
+from events.partitions import DEFAULT_MONTHS_AHEAD, PartitionLayoutError, create_months_ahead, is_partitioned
 
 
 class Command(BaseCommand):
     help = (
         "Create the monthly partitions of the event table for this month and the next ones (PostgreSQL). "
-        "Rows already written to the default partition for those months move into them. Run it daily or "
+        "Rows already written to the catch-all range for those months move into them. Run it daily or "
         "monthly from cron; it is idempotent."
     )
 
@@ -30,5 +30,8 @@ class Command(BaseCommand):
         if not is_partitioned():
             self.stdout.write("The event table is not partitioned (SQLite, or not migrated): nothing to do.")
             return
-        created = create_months_ahead(months_ahead, now=timezone.now())
+        try:
+            created = create_months_ahead(months_ahead, now=timezone.now())
+        except PartitionLayoutError as error:
+            raise CommandError(str(error)) from error
         self.stdout.write(f"Created {len(created)} partitions" + (f": {', '.join(created)}." if created else "."))
