@@ -70,6 +70,8 @@ def both(action: Callable[[], Any]) -> dict[str, Any]:
 
 
 CALLERS = ["superuser", "user-global", "group-global", "user-object", "group-object", "none", "inactive"]
+# The callers that hold the permission on every token.
+GLOBAL_CALLERS = ("superuser", "user-global", "group-global")
 
 
 @pytest.fixture
@@ -119,7 +121,7 @@ def test_set_key_paths_agree(kind, case, world, make_user, make_group):
 
     observed = both(action)
     # And the answer both give is the rule's.
-    is_global = kind in ("superuser", "user-global", "group-global")
+    is_global = kind in GLOBAL_CALLERS
     if (
         kind in ("none", "inactive")
         or (case == "unknown" and not is_global)
@@ -195,7 +197,7 @@ def test_bearer_lookups_agree(case, make_user, make_token, past):
 def test_view_key_paths_agree(kind, identifier, world, make_user, make_group):
     caller = caller_of(kind, world, make_user, make_group, "view_token_key")
     observed = both(lambda: services.token_view_key(token_identifier=identifier, actor=caller, request_meta=META))
-    is_global = kind in ("superuser", "user-global", "group-global")
+    is_global = kind in GLOBAL_CALLERS
     on_row = is_global or (kind in ("user-object", "group-object") and identifier != "other")
     if identifier == "no-such":
         expected = "ObjectNotFound" if is_global else "PermissionDenied"
