@@ -12,8 +12,10 @@ from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
@@ -24,6 +26,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse, reverse_lazy
 from guardian.admin import GuardedModelAdmin
 from guardian.forms import GroupObjectPermissionsForm
+from guardian.models import GroupObjectPermission, UserObjectPermission
 from rest_framework.exceptions import Throttled
 
 from core.admin_login import ThrottledAdminAuthenticationForm
@@ -53,14 +56,67 @@ admin.site.site_title = "tokens-service admin"
 admin.site.site_url = cast(str, reverse_lazy("schema-swagger-ui"))  # resolved when a page is rendered
 
 
+# Fields through which an account gains rights. Only superusers edit them (README, "Admin and API
+# documentation"): Django lets anyone with change_user set them, on any account, their own included.
+PRIVILEGE_FIELDS = ("is_superuser", "is_staff", "groups", "user_permissions")
+
+
+def _privileges(user: User) -> tuple[set[str], set[tuple[int, str, str]]]:
+    """The global permissions ``user`` holds (its own and its groups'), and its object permissions as
+    ``(content type id, object pk, codename)`` (its own and its groups')."""
+    held = {
+        (row.content_type_id, row.object_pk, row.permission.codename)
+        for model, owner in ((UserObjectPermission, "user"), (GroupObjectPermission, "group__user"))
+        for row in model.objects.filter(**{owner: user}).select_related("permission")
+    }
+    return set(user.get_all_permissions()), held
+
+
+def may_administer(editor: User, account: User) -> bool:
+    """Whether ``editor`` may change, delete or set the password of ``account`` in the admin.
+
+    A superuser may administer anyone. Anyone else only accounts that hold no right the editor lacks: not a
+    superuser, no global permission the editor does not hold, and no object permission the editor holds
+    neither on that object nor globally. Otherwise taking over the account (a new password) would hand the
+    editor that account's rights.
+    """
+    if editor.is_superuser:
+        return True
+    if account.is_superuser:
+        return False
+    if account.pk == editor.pk:
+        return True
+    editor_global, editor_objects = _privileges(editor)
+    account_global, account_objects = _privileges(account)
+    if not account_global <= editor_global:
+        return False
+    labels = dict(ContentType.objects.values_list("id", "app_label"))
+    return all(
+        held in editor_objects or f"{labels.get(held[0])}.{held[2]}" in editor_global for held in account_objects
+    )
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
-    """Django's user admin plus authentik's user fields."""
+    """Django's user admin plus authentik's user fields; only superusers grant rights (``PRIVILEGE_FIELDS``),
+    and nobody administers an account that holds rights they lack (``may_administer``)."""
 
     list_display = ("username", "email", "name", "type", "is_active", "is_staff", "is_superuser")
     list_filter = (*DjangoUserAdmin.list_filter, "type")
     search_fields = (*DjangoUserAdmin.search_fields, "name")
     readonly_fields = ("uuid", "password_change_date", "last_updated")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: User | None = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if _is_superuser(request) else (*fields, *PRIVILEGE_FIELDS)
+
+    # Django's password-change view asks has_change_permission for the account, so it is covered too.
+    def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        return super().has_change_permission(request, obj) and _administers(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and _administers(request, obj)
+
     fieldsets = (
         *(DjangoUserAdmin.fieldsets or ()),
         (
@@ -75,8 +131,32 @@ class UserAdmin(DjangoUserAdmin):
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        # The bulk "delete selected" action asks has_delete_permission without an object.
+        if not all(_administers(request, account) for account in queryset):
+            raise PermissionDenied
         with deleting_as(_staff(request), request_meta(request)):
             super().delete_queryset(request, queryset)
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DjangoGroupAdmin):
+    """Django's group admin; a group's permissions are granted by superusers only (``PRIVILEGE_FIELDS``)."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if _is_superuser(request) else (*fields, "permissions")
+
+
+def _is_superuser(request: HttpRequest) -> bool:
+    return bool(getattr(request.user, "is_superuser", False))
+
+
+def _administers(request: HttpRequest, account: User | None) -> bool:
+    editor = request.user
+    return account is None or (isinstance(editor, User) and may_administer(editor, account))
 
 
 def _staff(request: HttpRequest) -> User | None:

@@ -484,6 +484,165 @@ def test_user_admin_adds_a_user(admin_client):
     assert User.objects.get(username="bob").check_password("a-long-unusual-passphrase")
 
 
+# --- who may grant rights and administer accounts ---------------------------------------------------
+
+USER_ADMIN = ("authentik_core.view_user", "authentik_core.change_user", "authentik_core.delete_user")
+
+
+def user_form_data(client, account, **changes):
+    """The user change form as the admin renders it for ``client``, with ``changes``, ready to POST."""
+    response = client.get(admin_url("authentik_core_user_change", account.pk))
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    data = {}
+    for name, field in form.fields.items():
+        value = form.initial.get(name, field.initial)
+        if name in ("groups", "user_permissions"):
+            data[name] = [getattr(item, "pk", item) for item in value or ()]
+        elif name == "date_joined":
+            data["date_joined_0"], data["date_joined_1"] = value.strftime("%Y-%m-%d"), value.strftime("%H:%M:%S")
+        elif name == "last_login":
+            data["last_login_0"] = data["last_login_1"] = ""
+        elif name == "attributes":
+            data[name] = "{}"
+        elif name == "password":
+            continue
+        elif isinstance(value, bool):
+            if value:
+                data[name] = "on"
+        else:
+            data[name] = "" if value is None else value
+    for name, value in changes.items():
+        if value is False:
+            data.pop(name, None)
+        else:
+            data[name] = value
+    return data
+
+
+def permission_pk(perm: str) -> int:
+    from django.contrib.auth.models import Permission
+
+    app_label, codename = perm.split(".")
+    return Permission.objects.get(content_type__app_label=app_label, codename=codename).pk
+
+
+def test_staff_user_admin_cannot_grant_itself_rights(client, make_staff, make_group):
+    editor = make_staff(perms=USER_ADMIN)
+    group = make_group(SET_KEY)
+    client.force_login(editor)
+    html = client.get(admin_url("authentik_core_user_change", editor.pk)).content.decode()
+    for field in ("is_superuser", "is_staff", "groups", "user_permissions"):
+        assert f'name="{field}"' not in html  # shown read-only, not as inputs
+    data = user_form_data(
+        client,
+        editor,
+        email="changed@example.test",
+        is_superuser="on",
+        groups=[group.pk],
+        user_permissions=[permission_pk(SET_KEY)],
+    )
+    response = client.post(admin_url("authentik_core_user_change", editor.pk), data)
+    assert response.status_code == 302
+    editor.refresh_from_db()
+    assert editor.email == "changed@example.test"  # the other fields still save
+    assert not editor.is_superuser
+    assert not editor.groups.exists()
+    assert not editor.has_perm(SET_KEY)
+
+
+def test_staff_user_admin_cannot_grant_rights_to_another_account(client, make_staff, make_user):
+    editor = make_staff(perms=USER_ADMIN)
+    account = make_user()
+    client.force_login(editor)
+    data = user_form_data(client, account, is_staff="on", user_permissions=[permission_pk(SET_KEY)])
+    assert client.post(admin_url("authentik_core_user_change", account.pk), data).status_code == 302
+    account.refresh_from_db()
+    assert not account.is_staff
+    assert not account.has_perm(SET_KEY)
+
+
+def test_superuser_still_grants_rights(admin_client, make_user, make_group):
+    account = make_user()
+    group = make_group("authentik_core.view_token")
+    data = user_form_data(
+        admin_client, account, is_staff="on", groups=[group.pk], user_permissions=[permission_pk(SET_KEY)]
+    )
+    assert admin_client.post(admin_url("authentik_core_user_change", account.pk), data).status_code == 302
+    account = type(account).objects.get(pk=account.pk)
+    assert account.is_staff
+    assert list(account.groups.all()) == [group]
+    assert account.has_perm(SET_KEY)
+
+
+def _password_data():
+    return {"password1": "a-long-unusual-passphrase", "password2": "a-long-unusual-passphrase"}
+
+
+@pytest.mark.parametrize("holds", ["superuser", "global", "group", "object"])
+def test_staff_cannot_take_over_an_account_with_more_rights(
+    holds, client, make_staff, make_user, make_group, make_token
+):
+    editor = make_staff(perms=USER_ADMIN)
+    account = make_user(superuser=holds == "superuser", perms=(SET_KEY,) if holds == "global" else ())
+    if holds == "group":
+        account.groups.add(make_group(SET_KEY))
+    if holds == "object":
+        assign_perm("set_token_key", account, make_token(make_user()))
+    before = type(account).objects.get(pk=account.pk)
+    client.force_login(editor)
+    change = admin_url("authentik_core_user_change", account.pk)
+    response = client.post(change, {"username": "renamed", "email": "taken@example.test"})
+    assert response.status_code == 403
+    password = admin_url("auth_user_password_change", account.pk)
+    assert client.post(password, _password_data()).status_code == 403
+    delete = admin_url("authentik_core_user_delete", account.pk)
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    bulk = {"action": "delete_selected", "_selected_action": [account.pk], "post": "yes"}
+    assert client.post(admin_url("authentik_core_user_changelist"), bulk).status_code == 403
+    after = type(account).objects.get(pk=account.pk)
+    assert (after.username, after.email, after.password) == (before.username, before.email, before.password)
+
+
+@pytest.mark.parametrize("editor_holds", ["the same object permission", "the permissions globally"])
+def test_staff_administers_an_account_whose_rights_it_holds(editor_holds, client, make_staff, make_user, make_token):
+    token = make_token(make_user())
+    globally = editor_holds == "the permissions globally"
+    editor = make_staff(perms=(*USER_ADMIN, *((SET_KEY, "authentik_core.view_token") if globally else ())))
+    if not globally:
+        assign_perm("set_token_key", editor, token)
+    account = make_user(perms=("authentik_core.view_token",) if globally else ())
+    assign_perm("set_token_key", account, token)
+    client.force_login(editor)
+    password = admin_url("auth_user_password_change", account.pk)
+    assert client.post(password, _password_data()).status_code == 302
+    account.refresh_from_db()
+    assert account.check_password("a-long-unusual-passphrase")
+
+
+def test_staff_group_admin_cannot_grant_permissions(client, make_staff, make_group):
+    editor = make_staff(perms=("auth.view_group", "auth.change_group"))
+    group = make_group()
+    editor.groups.add(group)
+    client.force_login(editor)
+    response = client.post(
+        admin_url("auth_group_change", group.pk), {"name": "renamed", "permissions": [permission_pk(SET_KEY)]}
+    )
+    assert response.status_code == 302
+    group.refresh_from_db()
+    assert group.name == "renamed"
+    assert not group.permissions.exists()
+
+
+def test_superuser_grants_group_permissions(admin_client, make_group):
+    group = make_group()
+    response = admin_client.post(
+        admin_url("auth_group_change", group.pk), {"name": group.name, "permissions": [permission_pk(SET_KEY)]}
+    )
+    assert response.status_code == 302
+    assert [p.codename for p in group.permissions.all()] == ["set_token_key"]
+
+
 # --- events -------------------------------------------------------------------------------------------
 
 
