@@ -211,6 +211,30 @@ def test_pepper_rotation_keeps_every_token_authenticating(settings, bearer, supe
 
 
 @pytest.mark.django_db
+def test_reencrypt_keys_says_when_an_older_pepper_still_carries_a_previous_key(settings, bearer, superuser):
+    settings.TOKEN_KEYS_PEPPERS = (OLD_PEPPER,)
+    Token.objects.create(identifier="graced", key="graced-key-before-rotation", user=superuser)
+    rotated = bearer("graced-key-before-rotation").post(
+        reverse("token-rotate", args=["graced"]), {"grace_seconds": 3600}, format="json"
+    )
+    assert rotated.status_code == 200
+    settings.TOKEN_KEYS_PEPPERS = (NEW_PEPPER, OLD_PEPPER)
+    with pytest.raises(CommandError, match=r"1 token\(s\) have a previous key in its grace period") as refused:
+        call_command("reencrypt_keys", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    assert "graced-key-before-rotation" not in str(refused.value)
+    # The current key was converted; the previous one authenticates while its pepper is configured ...
+    assert stored_row("graced")[1].startswith("hmac$p2$")
+    assert authenticates(bearer, "graced-key-before-rotation")
+    # ... and would stop early without it, which is what the command warns about.
+    settings.TOKEN_KEYS_PEPPERS = (NEW_PEPPER,)
+    assert not authenticates(bearer, "graced-key-before-rotation")
+    # Once the grace period is over, nothing holds the older pepper any more.
+    Token.objects.filter(identifier="graced").update(previous_key_expires="2000-01-01T00:00:00Z")
+    settings.TOKEN_KEYS_PEPPERS = (NEW_PEPPER, OLD_PEPPER)
+    call_command("reencrypt_keys", stdout=open(os.devnull, "w"))  # noqa: SIM115
+
+
+@pytest.mark.django_db
 def test_during_a_pepper_rotation_a_key_held_under_the_old_pepper_stays_unique(settings, bearer, superuser):
     settings.TOKEN_KEYS_PEPPERS = (OLD_PEPPER,)
     Token.objects.create(identifier="holder", key="unique-across-peppers", user=superuser)

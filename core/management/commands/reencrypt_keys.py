@@ -4,7 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
+from django.utils import timezone
 
 from core import crypto
 from core.models import Token
@@ -18,6 +19,18 @@ def tokens_needing_rotation() -> QuerySet[Token]:
     current_key = f"{crypto.CIPHERTEXT_PREFIX}{crypto.current_encryption_key_id()}$"
     current_pepper = f"{crypto.DIGEST_PREFIX}{crypto.current_pepper_id()}$"
     return Token.objects.filter(~Q(key__startswith=current_key) | ~Q(key_digest__startswith=current_pepper))
+
+
+def previous_keys_under_older_peppers() -> QuerySet[Token]:
+    """Tokens whose previous key (from a rotation) still authenticates and is digested under an older pepper.
+
+    Only its digest is stored, so it cannot be re-digested: the older pepper must stay configured until the
+    grace period ends, or the previous key stops working early.
+    """
+    current_pepper = f"{crypto.DIGEST_PREFIX}{crypto.current_pepper_id()}$"
+    return Token.objects.filter(previous_key_digest__isnull=False, previous_key_expires__gt=timezone.now()).exclude(
+        previous_key_digest__startswith=current_pepper
+    )
 
 
 def tokens_reencrypt(*, batch_size: int) -> tuple[int, int]:
@@ -77,3 +90,9 @@ class Command(BaseCommand):
         )
         if pending:
             raise CommandError(f"{pending} token(s) were busy and are not converted yet; run the command again.")
+        in_grace = previous_keys_under_older_peppers().aggregate(count=Count("pk"), until=Max("previous_key_expires"))
+        if in_grace["count"]:
+            raise CommandError(
+                f"{in_grace['count']} token(s) have a previous key in its grace period, digested under an older "
+                f"pepper, until {in_grace['until'].isoformat()}; keep the older pepper(s) configured until then."
+            )
