@@ -45,6 +45,9 @@ class BoundedPaginator(DjangoPaginator):
     page." (404), like a page past the end, so no request makes the database skip more rows than that.
     """
 
+    # Whether ``count`` is the planner's estimate; pages then find their end themselves (``page``).
+    estimated = False
+
     @cached_property
     def count(self) -> int:
         rows = self.object_list
@@ -54,11 +57,10 @@ class BoundedPaginator(DjangoPaginator):
         if counted <= EXACT_COUNT_LIMIT:
             return counted
         estimate = _estimated_rows(rows)
-        return (
-            max(estimate, counted)
-            if estimate is not None
-            else min(rows.order_by()[:MAX_PAGINATED_ROWS].count(), MAX_PAGINATED_ROWS)
-        )
+        if estimate is None:
+            return min(rows.order_by()[:MAX_PAGINATED_ROWS].count(), MAX_PAGINATED_ROWS)
+        self.estimated = True
+        return max(estimate, counted)
 
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
         """How many rows ``rows`` matches, counting no further than ``limit``."""
@@ -67,9 +69,27 @@ class BoundedPaginator(DjangoPaginator):
 
     @cached_property
     def num_pages(self) -> int:
-        """The pages that can be reached: those starting before row ``MAX_PAGINATED_ROWS``."""
+        """The pages that can be reached: those starting before row ``MAX_PAGINATED_ROWS`` (and, for an estimated
+        count, all of those: an estimate may fall short of the rows there are)."""
         reachable = -(-MAX_PAGINATED_ROWS // self.per_page)
-        return min(super().num_pages, reachable)
+        self.count  # noqa: B018 - computed first: it decides whether the count is an estimate
+        return reachable if self.estimated else min(super().num_pages, reachable)
+
+    def page(self, number: Any) -> Page:
+        """Django's page; for an estimated count, the page's rows plus the first row of the next page (if any),
+        which ``Pagination`` uses to tell whether there is a next page and drops from the answer.
+
+        With an estimate, ``next`` and ``total_pages`` must not come from the estimate: one short of the
+        rows would hide the last ones from a client that follows ``next``, one over would send it to empty
+        pages.
+        """
+        number = self.validate_number(number)
+        if not self.estimated:
+            return super().page(number)
+        bottom = (number - 1) * self.per_page
+        page = Page(self.object_list[bottom : bottom + self.per_page + 1], number, self)
+        page.probed = True  # type: ignore[attr-defined]
+        return page
 
 
 def _readable_by_key(rows: QuerySet[Any]) -> bool:
@@ -206,21 +226,45 @@ class Pagination(PageNumberPagination):
     def get_paginated_response(self, data: Any) -> Response:
         page = self.page
         assert page is not None  # set by paginate_queryset, which DRF always calls first
-        return Response(
-            {
-                "pagination": {
-                    "next": page.next_page_number() if page.has_next() else 0,
-                    "previous": page.previous_page_number() if page.has_previous() else 0,
-                    "count": page.paginator.count,
-                    "current": page.number,
-                    "total_pages": page.paginator.num_pages,
-                    "start_index": page.start_index(),
-                    "end_index": page.end_index(),
-                },
-                "results": data,
-                "autocomplete": {},
+        if getattr(page, "probed", False):
+            envelope, data = self._probed_envelope(page, data)
+        else:
+            envelope = {
+                "next": page.next_page_number() if page.has_next() else 0,
+                "previous": page.previous_page_number() if page.has_previous() else 0,
+                "count": page.paginator.count,
+                "current": page.number,
+                "total_pages": page.paginator.num_pages,
+                "start_index": page.start_index(),
+                "end_index": page.end_index(),
             }
-        )
+        return Response({"pagination": envelope, "results": data, "autocomplete": {}})
+
+    def _probed_envelope(self, page: Page, data: Any) -> tuple[dict[str, int], Any]:
+        """The envelope of a page read with the first row of the next (``BoundedPaginator.page``), and the page's
+        own rows. ``next`` is exact; on the last page so are ``count`` and ``total_pages``, elsewhere they are
+        the estimate's, raised where the rows found exceed it. A page past the last row is 404, as without an
+        estimate."""
+        per_page, number = page.paginator.per_page, page.number
+        more, data = len(data) > per_page, data[:per_page]
+        if not data and number > 1:
+            raise exceptions.NotFound(self.invalid_page_message.format(page_number=number, message="empty"))
+        bottom = (number - 1) * per_page
+        reachable = -(-MAX_PAGINATED_ROWS // per_page)
+        if more:
+            count = max(page.paginator.count, bottom + per_page + 1)
+            total_pages = min(max(-(-count // per_page), number + 1), reachable)
+        else:
+            count, total_pages = bottom + len(data), number
+        return {
+            "next": number + 1 if more and number < reachable else 0,
+            "previous": number - 1 if number > 1 else 0,
+            "count": count,
+            "current": number,
+            "total_pages": total_pages,
+            "start_index": bottom + 1 if data else 0,
+            "end_index": bottom + len(data),
+        }, data
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         return {
