@@ -244,3 +244,35 @@ def test_token_search_matches_identifier_description_intent_and_owner(
     assert found("PASSWORD") == ["d-3"]
     assert found("nightly backup") == ["d-2"]
     assert found("nothing-like-it") == []
+
+
+def test_volume_from_the_rollup_is_the_serializers_output_of_a_plain_group_by(reader):
+    # The rollup's days are read as dates and their rows without the queryset's converters; the response
+    # must still be, byte for byte, EventVolumeSerializer over every event counted with a GROUP BY.
+    from rest_framework.renderers import JSONRenderer
+
+    from events.api import EventVolumeSerializer
+
+    now = timezone.now()
+    for days, action, count in [
+        (1, EventAction.LOGIN, 2),
+        (1, EventAction.LOGIN_FAILED, 1),
+        (1, "custom_Report", 1),
+        (3, EventAction.MODEL_UPDATED, 3),
+        (3, EventAction.MODEL_CREATED, 1),
+        (20, EventAction.SECRET_VIEW, 2),
+        (35, EventAction.LOGOUT, 1),
+    ]:
+        make_events(count, action=action, created=now - timedelta(days=days, hours=2))
+    make_events(2, created=now)  # today, counted from the events
+    reader.get(reverse("event-volume"), {"history_days": 40})  # fills the rollup
+    for params, action_filter in [
+        ({"history_days": 40}, {}),
+        ({"history_days": 21}, {}),
+        ({"history_days": 40, "action": "LOGIN"}, {"action__icontains": "login"}),
+        ({"history_days": 40, "actions": ["model_updated", "logout"]}, {"action__in": ["model_updated", "logout"]}),
+    ]:
+        response = reader.get(reverse("event-volume"), params)
+        live = event_volume(Event.objects.filter(**action_filter), history_days=params["history_days"], now=now)
+        assert response.content == JSONRenderer().render(EventVolumeSerializer(live, many=True).data)
+    assert len(response.json()) == 2
