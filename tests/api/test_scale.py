@@ -276,3 +276,25 @@ def test_volume_from_the_rollup_is_the_serializers_output_of_a_plain_group_by(re
         live = event_volume(Event.objects.filter(**action_filter), history_days=params["history_days"], now=now)
         assert response.content == JSONRenderer().render(EventVolumeSerializer(live, many=True).data)
     assert len(response.json()) == 2
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL array literal")
+def test_owner_ids_are_one_array_literal_with_the_rows_of_an_in_list(make_user, make_token, bearer):
+    from core.filters import AmongIntegers
+
+    owners = [make_user(username=f"carol-{n}") for n in range(3)]
+    for n, owner in enumerate(owners):
+        make_token(owner, identifier=f"c-{n}")
+    make_token(make_user(username="dave"), identifier="d-1")
+    client = bearer(make_token(make_user(superuser=True), identifier="zz-admin"))
+    ids = [owner.pk for owner in owners]
+    for among in ([], ids[:1], ids, [*ids, 10**12]):
+        expected = sorted(Token.objects.filter(user_id__in=among).values_list("pk", flat=True))
+        assert sorted(Token.objects.filter(AmongIntegers("user_id", among)).values_list("pk", flat=True)) == expected
+    with CaptureQueriesContext(connection) as queries:
+        rows = client.get(reverse("token-list"), {"search": "carol"}).json()["results"]
+    assert [row["identifier"] for row in rows] == ["c-0", "c-1", "c-2"]
+    literal = "{" + ",".join(str(pk) for pk in sorted(ids)) + "}"
+    searched = [q["sql"] for q in queries.captured_queries if "LIKE" in q["sql"] and "authentik_core_token" in q["sql"]]
+    assert searched and all(f"= ANY('{literal}'::bigint[])" in sql for sql in searched)
+
