@@ -45,7 +45,7 @@ from core.services import (
     token_update,
     token_view_key,
 )
-from tokens_service.pagination import KeyedPagination, Pagination
+from tokens_service.pagination import KeyedPagination, KeyedPaginator, Pagination
 from tokens_service.request_meta import request_meta
 from tokens_service.throttling import KeyCollisionThrottle, SlidingWindowThrottle
 
@@ -76,6 +76,17 @@ class JSONFirstNegotiation(DefaultContentNegotiation):
         return super().select_renderer(request, renderers, format_suffix)
 
 
+class TokenListPaginator(KeyedPaginator):
+    """``KeyedPaginator`` of the token list: core migration 0009's index holds the default ordering's fields
+    (identifier, expires) with the key, so a page in that order reads its keys from the index alone."""
+
+    indexed_order_fields = frozenset({"identifier", "expires", "pk"})
+
+
+class TokenListPagination(KeyedPagination):
+    django_paginator_class = TokenListPaginator
+
+
 class TokenViewSet(ModelViewSet):
     """Token Viewset"""
 
@@ -86,7 +97,7 @@ class TokenViewSet(ModelViewSet):
     # query, so a NUL or other junk in the path never reaches the database (PostgreSQL rejects NUL).
     lookup_value_regex = "[-a-zA-Z0-9_]+"
     permission_classes = [IsAuthenticated, TokenObjectPermission]
-    pagination_class = KeyedPagination  # a small result is found once, by the count (README, "Scale")
+    pagination_class = TokenListPagination  # a small result is found once, by the count (README, "Scale")
     filter_backends = [SingleValuedQueryParameters, QueriedFilterBackend, TokenSearchFilter, StableOrderingFilter]
     filterset_class = TokenFilter
     search_fields = ["identifier", "intent", "user__username", "description"]

@@ -87,7 +87,9 @@ class KeyedPaginator(BoundedPaginator):
     For lists whose filters cost much per row, such as a non-superuser's token list, which probes every
     token the caller may see (5,150 in "Scale"): the count and the page each did so (about 20 ms apiece at
     500,000 tokens); now only the count does, and the page reads the matches by key. A larger result is
-    counted and paged as ``BoundedPaginator`` does (on PostgreSQL its keys are not even sent).
+    counted as ``BoundedPaginator`` does (on PostgreSQL its keys are not even sent), and its page is read as
+    ``pk IN (the page's keys, by the filters, ordering and slice)``: the filters and the ordering run on
+    the key and the ordering's columns only, and the page's rows are then read by key.
 
     The page shows the rows that matched when the count ran, with their values when the page is read: a row
     deleted in between is left out, a row that stopped or started matching in between is shown as the count
@@ -96,6 +98,9 @@ class KeyedPaginator(BoundedPaginator):
     """
 
     _keys: list[Any] | None = None
+    # Fields that one index holds together with the primary key: a larger result ordered by these alone has
+    # its page's keys read first, from that index (see ``page``). None by default.
+    indexed_order_fields: frozenset[str] = frozenset()
 
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
         if not _readable_by_key(rows):
@@ -126,19 +131,31 @@ class KeyedPaginator(BoundedPaginator):
     def page(self, number: Any) -> Page:
         number = self.validate_number(number)  # runs the count
         rows = self.object_list
-        if self._keys is None or not isinstance(rows, QuerySet):
+        if not isinstance(rows, QuerySet) or not _readable_by_key(rows):
             return super().page(number)
         # Django's Paginator.page, with the page read by key.
         bottom = (number - 1) * self.per_page
         top = bottom + self.per_page
         if top + self.orphans >= self.count:
             top = self.count
-        by_key = rows.model._base_manager.db_manager(rows.db).filter(pk__in=self._keys)
+        by_key = rows.model._base_manager.db_manager(rows.db).all()
         by_key.query.select_related = rows.query.select_related
         by_key = by_key.prefetch_related(*getattr(rows, "_prefetch_related_lookups", ()))  # not in the stubs
         if rows.query.order_by:
             by_key = by_key.order_by(*rows.query.order_by)
-        return Page(by_key[bottom:top], number, self)
+        if self._keys is not None:
+            return Page(by_key.filter(pk__in=self._keys)[bottom:top], number, self)
+        if not self._ordered_by_indexed_fields(rows):
+            return super().page(number)
+        # A larger result in an order that an index holds with the key: the page's keys (the filters, the
+        # ordering and the slice, reading only the key and the ordering's columns), then their rows, in one
+        # statement. A caller who sees 5,150 tokens probed each for its whole row before sorting; now each
+        # probe reads the index alone (core migration 0009), and only the page's rows are read.
+        return Page(by_key.filter(pk__in=rows.values("pk")[bottom:top]), number, self)
+
+    def _ordered_by_indexed_fields(self, rows: QuerySet[Any]) -> bool:
+        fields = [field.lstrip("-") if isinstance(field, str) else None for field in rows.query.order_by]
+        return bool(fields) and set(fields) <= self.indexed_order_fields
 
 
 class Pagination(PageNumberPagination):

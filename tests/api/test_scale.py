@@ -298,3 +298,27 @@ def test_owner_ids_are_one_array_literal_with_the_rows_of_an_in_list(make_user, 
     searched = [q["sql"] for q in queries.captured_queries if "LIKE" in q["sql"] and "authentik_core_token" in q["sql"]]
     assert searched and all(f"= ANY('{literal}'::bigint[])" in sql for sql in searched)
 
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL-only index")
+@pytest.mark.django_db(transaction=True)
+def test_the_page_keys_index_migration_is_reversible():
+    from django.db.migrations.executor import MigrationExecutor
+
+    def index() -> str | None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'token_pk_order_idx'")
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    def migrate(target: str) -> None:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate([("authentik_core", target)])
+
+    assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
+    try:
+        migrate("0008_search_statistics")
+        assert index() is None
+    finally:
+        migrate("0009_token_page_keys_index")
+    assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
