@@ -193,6 +193,9 @@ class TokenSearchFilter(SearchFilter):
     max_owner_ids = 5000  # more matching owners than this: a join instead of a list of ids
 
     def filter_queryset(self, request: Request, queryset: QuerySet[Any], view: Any) -> QuerySet[Any]:
+        # Per term, the condition on owners alone, when the term matches owners by a list of ids: the tokens
+        # meeting all of them are a part of the result, which the view may count first (``owner_conditions``).
+        owner_conditions: list[Any] | None = []
         for term in self.get_search_terms(request):
             needle = term.lower()
             intents = [intent for intent in TokenIntents.values if needle in intent]
@@ -209,7 +212,11 @@ class TokenSearchFilter(SearchFilter):
                 by_owner = AmongIntegers("user_id", owners)
             else:
                 by_owner = Q(user_id__in=owners)
+            if owner_conditions is not None:
+                owner_conditions = [*owner_conditions, by_owner] if owners and not many else None
             queryset = queryset.filter(
                 Q(identifier__icontains=term) | Q(description__icontains=term) | Q(intent__in=intents) | by_owner
             )
+        if view is not None:
+            view.search_owner_conditions = owner_conditions or None
         return queryset

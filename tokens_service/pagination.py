@@ -98,11 +98,17 @@ class KeyedPaginator(BoundedPaginator):
     """
 
     _keys: list[Any] | None = None
+    # Rows that all match ``object_list`` (a part of it), cheaper to count, or None: when at least
+    # ``EXACT_COUNT_LIMIT + 1`` of them exist, so do that many matches, and ``object_list`` is not counted.
+    part: QuerySet[Any] | None = None
     # Fields that one index holds together with the primary key: a larger result ordered by these alone has
     # its page's keys read first, from that index (see ``page``). None by default.
     indexed_order_fields: frozenset[str] = frozenset()
 
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
+        if self.part is not None and super()._count_up_to(self.part, limit) >= limit:
+            # So many rows match that the count is the limit and no key is kept, as counting rows would find.
+            return limit
         if not _readable_by_key(rows):
             return super()._count_up_to(rows, limit)
         window = rows.order_by().values_list("pk", flat=True)[:limit]
@@ -168,6 +174,7 @@ class Pagination(PageNumberPagination):
     """
 
     django_paginator_class = BoundedPaginator
+    count_part: QuerySet[Any] | None = None  # see KeyedPagination
     page_size_query_param = "page_size"
     max_page_size = 100
 
@@ -183,6 +190,8 @@ class Pagination(PageNumberPagination):
         self.request = request
         page_size = self.get_page_size(request)
         paginator = self.django_paginator_class(queryset, page_size)
+        if isinstance(paginator, KeyedPaginator):
+            paginator.part = self.count_part
         page_number = self.get_page_number(request, paginator)
         try:
             self.page = paginator.page(page_number)
@@ -252,6 +261,10 @@ class Pagination(PageNumberPagination):
 
 
 class KeyedPagination(Pagination):
-    """``Pagination`` whose small results are found once, by the count (``KeyedPaginator``): for the token list."""
+    """``Pagination`` whose small results are found once, by the count (``KeyedPaginator``): for the token list.
+
+    A view may set ``count_part`` before ``page_of``: rows that all match the list, counted first
+    (``KeyedPaginator.part``).
+    """
 
     django_paginator_class = KeyedPaginator

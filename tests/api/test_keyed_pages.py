@@ -207,3 +207,50 @@ def test_a_queryset_that_matches_nothing_costs_no_statement(db, django_assert_nu
         paginator = pagination.KeyedPaginator(Token.objects.none().order_by("identifier"), 20)
         assert paginator.count == 0
         assert list(paginator.page(1).object_list) == []
+
+
+@pytest.fixture
+def admin_client(make_user, make_token, bearer):
+    """A superuser's client over 12 tokens: 9 of owners named ``carol-*`` (3 each), 3 of ``dave``."""
+    for n in range(3):
+        owner = make_user(username=f"carol-{n}")
+        for m in range(3):
+            make_token(owner, identifier=f"c{n}-{m}", description="backup" if m else "")
+    dave = make_user(username="dave")
+    for m in range(3):
+        make_token(dave, identifier=f"d-{m}", description="carol's")
+    return bearer(make_token(make_user(username="root", superuser=True), identifier="zz-admin"))
+
+
+@pytest.mark.parametrize("limit", [2, 8, 9, 10, 1000])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"search": "carol"},
+        {"search": "CAROL-1"},
+        {"search": "carol 1"},
+        {"search": "carol", "page": 2, "page_size": 3},
+        {"search": "carol", "ordering": "-description"},
+        {"search": "carol", "description": "backup"},
+        {"search": "arol nothing-like-it"},
+    ],
+)
+def test_counting_the_owners_tokens_first_answers_as_counting_the_search(admin_client, monkeypatch, params, limit):
+    """A search matching owners, by a caller who sees every token: their tokens are counted first
+    (``KeyedPaginator.part``); the envelope is the same, byte for byte, as counting the search itself."""
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", limit)
+    with_part, statements = listed(admin_client, **params)
+    monkeypatch.setattr(TokenViewSet, "_owners_tokens", lambda self, request: None)
+    without, _ = listed(admin_client, **params)
+    assert with_part.status_code == without.status_code
+    assert with_part.content == without.content
+    counted_owners = [sql for sql in statements if "COUNT(" in sql.upper() and "LIKE" not in sql.upper()]
+    expected = "description" not in params and "nothing-like-it" not in params["search"]
+    assert bool(counted_owners) == expected
+
+
+def test_the_owners_tokens_are_not_counted_first_for_a_caller_who_sees_some(member, make_user, make_token):
+    owner = make_user(username="carol")
+    make_token(owner, identifier="c-1")
+    _, statements = listed(member, search="carol")
+    assert not [sql for sql in statements if "COUNT(" in sql.upper() and "LIKE" not in sql.upper()]
