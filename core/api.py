@@ -155,7 +155,7 @@ class TokenViewSet(ModelViewSet):
         # every token and filters nothing else: the tokens of owners matching every term all match, and
         # counting them is an index range (the owners' ids), where counting the search tests the identifier
         # and description of every token it reads (user13: 1,111 owners; about 18,000 tokens read for 1,001
-        # matches). The paginator counts them first (KeyedPaginator.part); the count is the same either way.
+        # matches). The paginator counts them first (BoundedPaginator.part); the count is the same either way.
         conditions = getattr(self, "search_owner_conditions", None)
         filterset = self.filterset_class.base_filters if self.filterset_class is not None else {}
         if not conditions or not getattr(self, "sees_every_token", False):

@@ -18,6 +18,7 @@ from core.models import User
 from events.filters import EventFilter, EventSearchFilter
 from events.models import Event, EventAction
 from events.selectors import MAX_HISTORY_DAYS, event_volume, user_can_view_events
+from tokens_service.pagination import Pagination
 
 
 class CanViewEvents(BasePermission):
@@ -91,6 +92,30 @@ class EventViewSet(ReadOnlyModelViewSet):
 
     def get_queryset(self) -> QuerySet[Event]:
         return Event.objects.all()
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # DRF's list, with the events of the searched actions counted first when they are enough.
+        # (A comment, not a docstring: the schema would show a docstring.)
+        queryset = self.filter_queryset(self.get_queryset())
+        paginator = self.paginator
+        if isinstance(paginator, Pagination):
+            paginator.count_part = self._searched_actions_events(request)
+        page = self.paginate_queryset(queryset)
+        if page is None:
+            return Response(self.get_serializer(queryset, many=True).data)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    def _searched_actions_events(self, request: Request) -> QuerySet[Event] | None:
+        # A search whose terms each start known actions (EventSearchFilter.action_conditions), and no other
+        # filter: the events of actions every term starts all match, and counting them is an index range
+        # (event_action_pk_idx), where counting the search builds a month's bitmap over five indexes
+        # (search=login: about 125,000 events). The paginator counts them first (BoundedPaginator.part);
+        # the count is the same either way.
+        conditions = getattr(self, "search_action_conditions", None)
+        filterset = self.filterset_class.base_filters if self.filterset_class is not None else {}
+        if not conditions or any(name in request.query_params for name in filterset):
+            return None
+        return Event.objects.filter(*conditions)
 
     @extend_schema(responses={200: TypeCreateSerializer(many=True)})
     @action(detail=False, methods=["get"], pagination_class=None, filter_backends=[])

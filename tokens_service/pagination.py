@@ -43,14 +43,25 @@ class BoundedPaginator(DjangoPaginator):
     it reports the planner's estimate (at least ``EXACT_COUNT_LIMIT + 1``), which costs a plan and no row.
     ``num_pages`` counts the pages that start before row ``MAX_PAGINATED_ROWS``: a later page is "Invalid
     page." (404), like a page past the end, so no request makes the database skip more rows than that.
+
+    ``part``, when a view sets it (through ``Pagination.count_part``), is a queryset of rows that all match
+    ``object_list``, cheaper to count (a search term's matching owners or actions: an index range). It is
+    counted first, up to the same bound: when it reaches the bound, so do the matches, and ``object_list``
+    is not counted; the count is what counting it would have given.
     """
+
+    part: QuerySet[Any] | None = None
 
     @cached_property
     def count(self) -> int:
         rows = self.object_list
         if not isinstance(rows, QuerySet):
             return len(rows)
-        counted = self._count_up_to(rows, EXACT_COUNT_LIMIT + 1)
+        limit = EXACT_COUNT_LIMIT + 1
+        if self.part is not None and BoundedPaginator._count_up_to(self, self.part, limit) >= limit:
+            counted = limit  # no key is kept (KeyedPaginator): neither would counting the rows keep any
+        else:
+            counted = self._count_up_to(rows, limit)
         if counted <= EXACT_COUNT_LIMIT:
             return counted
         estimate = _estimated_rows(rows)
@@ -98,17 +109,11 @@ class KeyedPaginator(BoundedPaginator):
     """
 
     _keys: list[Any] | None = None
-    # Rows that all match ``object_list`` (a part of it), cheaper to count, or None: when at least
-    # ``EXACT_COUNT_LIMIT + 1`` of them exist, so do that many matches, and ``object_list`` is not counted.
-    part: QuerySet[Any] | None = None
     # Fields that one index holds together with the primary key: a larger result ordered by these alone has
     # its page's keys read first, from that index (see ``page``). None by default.
     indexed_order_fields: frozenset[str] = frozenset()
 
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
-        if self.part is not None and super()._count_up_to(self.part, limit) >= limit:
-            # So many rows match that the count is the limit and no key is kept, as counting rows would find.
-            return limit
         if not _readable_by_key(rows):
             return super()._count_up_to(rows, limit)
         window = rows.order_by().values_list("pk", flat=True)[:limit]
@@ -174,7 +179,8 @@ class Pagination(PageNumberPagination):
     """
 
     django_paginator_class = BoundedPaginator
-    count_part: QuerySet[Any] | None = None  # see KeyedPagination
+    # Rows that all match the list, set by a view before ``page_of``: counted first (``BoundedPaginator.part``).
+    count_part: QuerySet[Any] | None = None
     page_size_query_param = "page_size"
     max_page_size = 100
 
@@ -190,7 +196,7 @@ class Pagination(PageNumberPagination):
         self.request = request
         page_size = self.get_page_size(request)
         paginator = self.django_paginator_class(queryset, page_size)
-        if isinstance(paginator, KeyedPaginator):
+        if isinstance(paginator, BoundedPaginator):
             paginator.part = self.count_part
         page_number = self.get_page_number(request, paginator)
         try:
@@ -261,10 +267,6 @@ class Pagination(PageNumberPagination):
 
 
 class KeyedPagination(Pagination):
-    """``Pagination`` whose small results are found once, by the count (``KeyedPaginator``): for the token list.
-
-    A view may set ``count_part`` before ``page_of``: rows that all match the list, counted first
-    (``KeyedPaginator.part``).
-    """
+    """``Pagination`` whose small results are found once, by the count (``KeyedPaginator``): for the token list."""
 
     django_paginator_class = KeyedPaginator

@@ -237,7 +237,7 @@ def admin_client(make_user, make_token, bearer):
 )
 def test_counting_the_owners_tokens_first_answers_as_counting_the_search(admin_client, monkeypatch, params, limit):
     """A search matching owners, by a caller who sees every token: their tokens are counted first
-    (``KeyedPaginator.part``); the envelope is the same, byte for byte, as counting the search itself."""
+    (``BoundedPaginator.part``); the envelope is the same, byte for byte, as counting the search itself."""
     monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", limit)
     with_part, statements = listed(admin_client, **params)
     monkeypatch.setattr(TokenViewSet, "_owners_tokens", lambda self, request: None)

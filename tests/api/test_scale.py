@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, reset_queries
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -296,7 +296,8 @@ def test_owner_ids_are_one_array_literal_with_the_rows_of_an_in_list(make_user, 
     assert [row["identifier"] for row in rows] == ["c-0", "c-1", "c-2"]
     literal = "{" + ",".join(str(pk) for pk in sorted(ids)) + "}"
     searched = [q["sql"] for q in queries.captured_queries if "LIKE" in q["sql"] and "authentik_core_token" in q["sql"]]
-    assert searched and all(f"= ANY('{literal}'::bigint[])" in sql for sql in searched)
+    assert searched
+    assert all(f"= ANY('{literal}'::bigint[])" in sql for sql in searched)
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL-only index")
@@ -322,3 +323,40 @@ def test_the_page_keys_index_migration_is_reversible():
     finally:
         migrate("0009_token_page_keys_index")
     assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
+
+
+@pytest.mark.parametrize("limit", [2, 5, 6, 1000])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"search": "login"},
+        {"search": "LOGIN_F"},
+        {"search": "log"},
+        {"search": "login", "page": 2, "page_size": 2, "ordering": "action"},
+        {"search": "login", "username": "alice"},
+        {"search": "login alice"},
+        {"search": "10.0"},
+    ],
+)
+def test_counting_the_searched_actions_first_answers_as_counting_the_search(reader, monkeypatch, params, limit):
+    """A search whose terms start known actions: the events of those actions are counted first
+    (``BoundedPaginator.part``); the envelope is the same, byte for byte, as counting the search itself."""
+    from events.api import EventViewSet
+
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", limit)
+    now = timezone.now()
+    make_events(3, created=now - timedelta(minutes=1), user={"username": "alice"}, client_ip="10.0.0.1")
+    make_events(2, action=EventAction.LOGIN_FAILED, created=now - timedelta(minutes=2), user={"username": "bob"})
+    make_events(2, action=EventAction.LOGOUT, created=now - timedelta(minutes=3), user={"username": "login-bot"})
+    reset_queries()  # each request clears the log (request_started): capture from an empty one
+    with CaptureQueriesContext(connection) as queries:
+        with_part = reader.get(reverse("event-list"), params)
+    # (Read before the next request clears the log.)
+    statements = [query["sql"].upper() for query in queries.captured_queries]
+    monkeypatch.setattr(EventViewSet, "_searched_actions_events", lambda self, request: None)
+    without = reader.get(reverse("event-list"), params)
+    assert with_part.status_code == without.status_code == 200
+    assert with_part.content == without.content
+    counted_actions = [sql for sql in statements if "COUNT(" in sql and "LIKE" not in sql]
+    only_actions = params["search"].lower() in ("login", "login_f", "log") and "username" not in params
+    assert bool(counted_actions) == only_actions
