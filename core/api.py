@@ -146,6 +146,9 @@ class TokenViewSet(ModelViewSet):
         assert isinstance(paginator, Pagination)  # REST_FRAMEWORK["DEFAULT_PAGINATION_CLASS"]
         filtered = self.filter_queryset(self.get_queryset())
         paginator.count_part = self._owners_tokens(request)
+        # A caller without the global permission sees its own and its permitted tokens: count and page them
+        # in one statement that builds the visible set once (KeyedPaginator.one_pass).
+        paginator.one_pass = not getattr(self, "sees_every_token", True)
         rows = paginator.page_of(filtered, request).object_list
         assert isinstance(rows, QuerySet)
         return paginator.get_paginated_response(token_list_page(rows))

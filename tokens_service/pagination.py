@@ -83,6 +83,12 @@ class BoundedPaginator(DjangoPaginator):
         return min(super().num_pages, reachable)
 
 
+def _plain_ordering(rows: QuerySet[Any]) -> bool:
+    """Whether ``rows`` is ordered by field names only (each maybe with ``-``), as the ordering filter gives."""
+    order = rows.query.order_by
+    return bool(order) and all(isinstance(name, str) and name.lstrip("-") for name in order)
+
+
 def _readable_by_key(rows: QuerySet[Any]) -> bool:
     """Whether ``rows``' page can be read again as "these primary keys, in this order": a plain model query
     whose ordering names fields (not annotations) and whose rows are not made distinct or combined."""
@@ -112,12 +118,19 @@ class KeyedPaginator(BoundedPaginator):
     # Fields that one index holds together with the primary key: a larger result ordered by these alone has
     # its page's keys read first, from that index (see ``page``). None by default.
     indexed_order_fields: frozenset[str] = frozenset()
+    # Set (through ``Pagination.one_pass``) for rows known to be few, such as the tokens a caller without the
+    # global permission sees: the count also returns the requested page's keys (``_count_with_page``).
+    one_pass = False
+    _wanted: int | None = None  # the first row of the requested page, while the count runs
+    _page_keys: tuple[int, list[Any]] | None = None  # (first row, keys) of a page the count found
 
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
         if not _readable_by_key(rows):
             return super()._count_up_to(rows, limit)
         window = rows.order_by().values_list("pk", flat=True)[:limit]
         db = connections[rows.db]
+        if db.vendor == "postgresql" and self._wanted is not None and _plain_ordering(rows):
+            return self._count_with_page(rows, limit, self._wanted)
         if db.vendor != "postgresql":
             keys = list(window)
             counted = len(keys)
@@ -139,9 +152,56 @@ class KeyedPaginator(BoundedPaginator):
             self._keys = list(keys or [])  # every match: the page is read by these keys
         return int(counted)
 
+    def _count_with_page(self, rows: QuerySet[Any], limit: int, bottom: int) -> int:
+        """The count, every key when they are fewer than ``limit``, and the keys of the page starting at row
+        ``bottom``, in one statement that finds the matches once (PostgreSQL).
+
+        The matches, with the ordering's columns, are materialized up to ``MAX_PAGINATED_ROWS + 1``: the
+        count and the page are read from them. Counting and paging a non-superuser's list each built the
+        visible set and probed it (5,150 tokens in "Scale"); now once. When there are more matches than
+        pages reach, the page's keys are dropped and the page is read as without this statement.
+        """
+        order = [str(name) for name in rows.query.order_by]  # field names (``_plain_ordering``)
+        fields = [name.lstrip("-") for name in order]
+        columns = [name for name in dict.fromkeys(fields) if name != "pk"]
+        window = rows.order_by().values_list("pk", *columns)[: MAX_PAGINATED_ROWS + 1]
+        try:
+            sql, params = window.query.get_compiler(using=rows.db).as_sql()
+        except EmptyResultSet:
+            self._keys = []
+            return 0
+        names = ["k", *(f"o{index}" for index in range(len(columns)))]
+        by_column = {"pk": "k", **{name: f"o{index}" for index, name in enumerate(columns)}}
+        ordering = ", ".join(
+            f"{by_column[field]} {'DESC' if name.startswith('-') else 'ASC'}"
+            for name, field in zip(order, fields, strict=True)
+        )
+        statement = (
+            f"WITH m({', '.join(names)}) AS MATERIALIZED ({sql}) "  # noqa: S608 - generated names only
+            "SELECT (SELECT count(*) FROM m), (SELECT CASE WHEN count(*) < %s THEN array_agg(k) END FROM m), "
+            f"ARRAY(SELECT k FROM m ORDER BY {ordering} LIMIT %s OFFSET %s)"
+        )
+        with connections[rows.db].cursor() as cursor:
+            cursor.execute(statement, [*params, limit, self.per_page, bottom])
+            matches, keys, page_keys = cursor.fetchone()
+        if matches < limit:
+            self._keys = list(keys or [])
+        elif matches <= MAX_PAGINATED_ROWS:  # every match was read: the page's keys are those of the page
+            self._page_keys = (bottom, list(page_keys))
+        return int(min(matches, limit))
+
     def page(self, number: Any) -> Page:
-        number = self.validate_number(number)  # runs the count
         rows = self.object_list
+        if self.one_pass and isinstance(rows, QuerySet) and _readable_by_key(rows):
+            # The first row of the page asked for, if it is a page number at all (validate_number decides).
+            try:
+                self._wanted = max(int(number) - 1, 0) * self.per_page
+            except (TypeError, ValueError):
+                self._wanted = None
+        try:
+            number = self.validate_number(number)  # runs the count
+        finally:
+            self._wanted = None
         if not isinstance(rows, QuerySet) or not _readable_by_key(rows):
             return super().page(number)
         # Django's Paginator.page, with the page read by key.
@@ -156,6 +216,8 @@ class KeyedPaginator(BoundedPaginator):
             by_key = by_key.order_by(*rows.query.order_by)
         if self._keys is not None:
             return Page(by_key.filter(pk__in=self._keys)[bottom:top], number, self)
+        if self._page_keys is not None and self._page_keys[0] == bottom:
+            return Page(by_key.filter(pk__in=self._page_keys[1])[: max(top - bottom, 0)], number, self)
         if not self._ordered_by_indexed_fields(rows):
             return super().page(number)
         # A larger result in an order that an index holds with the key: the page's keys (the filters, the
@@ -181,6 +243,8 @@ class Pagination(PageNumberPagination):
     django_paginator_class = BoundedPaginator
     # Rows that all match the list, set by a view before ``page_of``: counted first (``BoundedPaginator.part``).
     count_part: QuerySet[Any] | None = None
+    # Set by a view whose rows are known to be few: count and page in one statement (KeyedPaginator.one_pass).
+    one_pass = False
     page_size_query_param = "page_size"
     max_page_size = 100
 
@@ -198,6 +262,8 @@ class Pagination(PageNumberPagination):
         paginator = self.django_paginator_class(queryset, page_size)
         if isinstance(paginator, BoundedPaginator):
             paginator.part = self.count_part
+        if isinstance(paginator, KeyedPaginator):
+            paginator.one_pass = self.one_pass
         page_number = self.get_page_number(request, paginator)
         try:
             self.page = paginator.page(page_number)
