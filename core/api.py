@@ -45,7 +45,7 @@ from core.services import (
     token_update,
     token_view_key,
 )
-from tokens_service.pagination import KeyedPagination, Pagination
+from tokens_service.pagination import KeyedPagination, KeyedPaginator, Pagination
 from tokens_service.request_meta import request_meta
 from tokens_service.throttling import KeyCollisionThrottle, SlidingWindowThrottle
 
@@ -76,6 +76,17 @@ class JSONFirstNegotiation(DefaultContentNegotiation):
         return super().select_renderer(request, renderers, format_suffix)
 
 
+class TokenListPaginator(KeyedPaginator):
+    """``KeyedPaginator`` of the token list: core migration 0009's index holds the default ordering's fields
+    (identifier, expires) with the key, so a page in that order reads its keys from the index alone."""
+
+    indexed_order_fields = frozenset({"identifier", "expires", "pk"})
+
+
+class TokenListPagination(KeyedPagination):
+    django_paginator_class = TokenListPaginator
+
+
 class TokenViewSet(ModelViewSet):
     """Token Viewset"""
 
@@ -86,7 +97,7 @@ class TokenViewSet(ModelViewSet):
     # query, so a NUL or other junk in the path never reaches the database (PostgreSQL rejects NUL).
     lookup_value_regex = "[-a-zA-Z0-9_]+"
     permission_classes = [IsAuthenticated, TokenObjectPermission]
-    pagination_class = KeyedPagination  # a small result is found once, by the count (README, "Scale")
+    pagination_class = TokenListPagination  # a small result is found once, by the count (README, "Scale")
     filter_backends = [SingleValuedQueryParameters, QueriedFilterBackend, TokenSearchFilter, StableOrderingFilter]
     filterset_class = TokenFilter
     search_fields = ["identifier", "intent", "user__username", "description"]
@@ -119,6 +130,7 @@ class TokenViewSet(ModelViewSet):
             # Schema generation inspects the view without a caller.
             return Token.objects.none()
         tokens = tokens_visible_to(user)
+        self.sees_every_token = not tokens.query.has_filters()
         if self.action == "list":
             # core.listing reads the page's owners itself, so the owner join goes too: the count's EXPLAIN
             # (above 1000 rows) costs half as much, and estimates the same rows (the join follows a foreign
@@ -132,9 +144,28 @@ class TokenViewSet(ModelViewSet):
         # pagination are unchanged. (A comment, not a docstring: the schema would show a docstring.)
         paginator = self.paginator
         assert isinstance(paginator, Pagination)  # REST_FRAMEWORK["DEFAULT_PAGINATION_CLASS"]
-        rows = paginator.page_of(self.filter_queryset(self.get_queryset()), request).object_list
+        filtered = self.filter_queryset(self.get_queryset())
+        paginator.count_part = self._owners_tokens(request)
+        # A caller without the global permission sees its own and its permitted tokens: count and page them
+        # in one statement that builds the visible set once (KeyedPaginator.one_pass).
+        paginator.one_pass = not getattr(self, "sees_every_token", True)
+        rows = paginator.page_of(filtered, request).object_list
         assert isinstance(rows, QuerySet)
         return paginator.get_paginated_response(token_list_page(rows))
+
+    def _owners_tokens(self, request: Request) -> QuerySet[Token] | None:
+        # A search whose terms each match owners (TokenSearchFilter.owner_conditions), by a caller who sees
+        # every token and filters nothing else: the tokens of owners matching every term all match, and
+        # counting them is an index range (the owners' ids), where counting the search tests the identifier
+        # and description of every token it reads (user13: 1,111 owners; about 18,000 tokens read for 1,001
+        # matches). The paginator counts them first (BoundedPaginator.part); the count is the same either way.
+        conditions = getattr(self, "search_owner_conditions", None)
+        filterset = self.filterset_class.base_filters if self.filterset_class is not None else {}
+        if not conditions or not getattr(self, "sees_every_token", False):
+            return None
+        if any(name in request.query_params for name in filterset):
+            return None
+        return Token.objects.filter(*conditions)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.get_serializer(data=request.data)

@@ -104,7 +104,7 @@ def token_list_page(rows: QuerySet[Token]) -> list[dict[str, Any]]:
     as the next request would not show it either.
     """
     page = list(rows.values_list(*TOKEN_COLUMNS))
-    when = _iso_8601(timezone.get_current_timezone())
+    when = iso_8601(timezone.get_current_timezone())
     owners = _owners({row[4] for row in page}, rows.db, when)
     return [
         {
@@ -257,7 +257,7 @@ def _column(model: type[User] | type[Group], field_name: str) -> str:
     return field.column
 
 
-def _iso_8601(zone: tzinfo) -> DateTimeText:
+def iso_8601(zone: tzinfo) -> DateTimeText:
     """DRF's ``DateTimeField.to_representation`` (ISO 8601 output, ``USE_TZ``) in ``zone``, DRF's field time
     zone (the current one), looked up once per page instead of once per value; UTC is written ``Z``."""
 

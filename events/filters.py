@@ -160,6 +160,9 @@ class EventSearchFilter(SearchFilter):
         terms = self.get_search_terms(request)
         if not terms:
             return queryset
+        # Per term, the known actions it starts: events of actions every term starts all match, which the
+        # view may count first (``action_conditions``; ``search=login``: login and login_failed).
+        action_conditions: list[Q] | None = []
         if postgresql():
             queryset = queryset.alias(
                 _search_username=Lower(JSONText("user", "username")),
@@ -174,6 +177,8 @@ class EventSearchFilter(SearchFilter):
         for term in terms:
             needle = term.lower()
             known = [action for action in EventAction.values if action.startswith(needle) and action != CUSTOM_PREFIX]
+            if action_conditions is not None:
+                action_conditions = [*action_conditions, Q(action__in=known)] if known else None
             query = (
                 Q(action__in=known)
                 | Q(action__startswith=CUSTOM_PREFIX, action__istartswith=term)
@@ -182,4 +187,6 @@ class EventSearchFilter(SearchFilter):
                 | Q(client_ip__startswith=term)
             )
             queryset = queryset.filter(query)
+        if view is not None:
+            view.search_action_conditions = action_conditions or None
         return queryset

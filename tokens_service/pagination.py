@@ -43,8 +43,14 @@ class BoundedPaginator(DjangoPaginator):
     it reports the planner's estimate (at least ``EXACT_COUNT_LIMIT + 1``), which costs a plan and no row.
     ``num_pages`` counts the pages that start before row ``MAX_PAGINATED_ROWS``: a later page is "Invalid
     page." (404), like a page past the end, so no request makes the database skip more rows than that.
+
+    ``part``, when a view sets it (through ``Pagination.count_part``), is a queryset of rows that all match
+    ``object_list``, cheaper to count (a search term's matching owners or actions: an index range). It is
+    counted first, up to the same bound: when it reaches the bound, so do the matches, and ``object_list``
+    is not counted; the count is what counting it would have given.
     """
 
+    part: QuerySet[Any] | None = None
     # Whether ``count`` is the planner's estimate; pages then find their end themselves (``page``).
     estimated = False
 
@@ -53,7 +59,11 @@ class BoundedPaginator(DjangoPaginator):
         rows = self.object_list
         if not isinstance(rows, QuerySet):
             return len(rows)
-        counted = self._count_up_to(rows, EXACT_COUNT_LIMIT + 1)
+        limit = EXACT_COUNT_LIMIT + 1
+        if self.part is not None and BoundedPaginator._count_up_to(self, self.part, limit) >= limit:
+            counted = limit  # no key is kept (KeyedPaginator): neither would counting the rows keep any
+        else:
+            counted = self._count_up_to(rows, limit)
         if counted <= EXACT_COUNT_LIMIT:
             return counted
         estimate = _estimated_rows(rows)
@@ -92,6 +102,12 @@ class BoundedPaginator(DjangoPaginator):
         return page
 
 
+def _plain_ordering(rows: QuerySet[Any]) -> bool:
+    """Whether ``rows`` is ordered by field names only (each maybe with ``-``), as the ordering filter gives."""
+    order = rows.query.order_by
+    return bool(order) and all(isinstance(name, str) and name.lstrip("-") for name in order)
+
+
 def _readable_by_key(rows: QuerySet[Any]) -> bool:
     """Whether ``rows``' page can be read again as "these primary keys, in this order": a plain model query
     whose ordering names fields (not annotations) and whose rows are not made distinct or combined."""
@@ -107,7 +123,9 @@ class KeyedPaginator(BoundedPaginator):
     For lists whose filters cost much per row, such as a non-superuser's token list, which probes every
     token the caller may see (5,150 in "Scale"): the count and the page each did so (about 20 ms apiece at
     500,000 tokens); now only the count does, and the page reads the matches by key. A larger result is
-    counted and paged as ``BoundedPaginator`` does (on PostgreSQL its keys are not even sent).
+    counted as ``BoundedPaginator`` does (on PostgreSQL its keys are not even sent), and its page is read as
+    ``pk IN (the page's keys, by the filters, ordering and slice)``: the filters and the ordering run on
+    the key and the ordering's columns only, and the page's rows are then read by key.
 
     The page shows the rows that matched when the count ran, with their values when the page is read: a row
     deleted in between is left out, a row that stopped or started matching in between is shown as the count
@@ -116,12 +134,22 @@ class KeyedPaginator(BoundedPaginator):
     """
 
     _keys: list[Any] | None = None
+    # Fields that one index holds together with the primary key: a larger result ordered by these alone has
+    # its page's keys read first, from that index (see ``page``). None by default.
+    indexed_order_fields: frozenset[str] = frozenset()
+    # Set (through ``Pagination.one_pass``) for rows known to be few, such as the tokens a caller without the
+    # global permission sees: the count also returns the requested page's keys (``_count_with_page``).
+    one_pass = False
+    _wanted: int | None = None  # the first row of the requested page, while the count runs
+    _page_keys: tuple[int, list[Any]] | None = None  # (first row, keys) of a page the count found
 
     def _count_up_to(self, rows: QuerySet[Any], limit: int) -> int:
         if not _readable_by_key(rows):
             return super()._count_up_to(rows, limit)
         window = rows.order_by().values_list("pk", flat=True)[:limit]
         db = connections[rows.db]
+        if db.vendor == "postgresql" and self._wanted is not None and _plain_ordering(rows):
+            return self._count_with_page(rows, limit, self._wanted)
         if db.vendor != "postgresql":
             keys = list(window)
             counted = len(keys)
@@ -143,22 +171,93 @@ class KeyedPaginator(BoundedPaginator):
             self._keys = list(keys or [])  # every match: the page is read by these keys
         return int(counted)
 
+    def _count_with_page(self, rows: QuerySet[Any], limit: int, bottom: int) -> int:
+        """The count, every key when they are fewer than ``limit``, and the keys of the page starting at row
+        ``bottom``, in one statement that finds the matches once (PostgreSQL).
+
+        The matches, with the ordering's columns, are materialized up to ``MAX_PAGINATED_ROWS + 1``: the
+        count and the page are read from them. Counting and paging a non-superuser's list each built the
+        visible set and probed it (5,150 tokens in "Scale"); now once. When there are more matches than
+        pages reach, the page's keys are dropped and the page is read as without this statement.
+        """
+        order = [str(name) for name in rows.query.order_by]  # field names (``_plain_ordering``)
+        fields = [name.lstrip("-") for name in order]
+        columns = [name for name in dict.fromkeys(fields) if name != "pk"]
+        window = rows.order_by().values_list("pk", *columns)[: MAX_PAGINATED_ROWS + 1]
+        try:
+            sql, params = window.query.get_compiler(using=rows.db).as_sql()
+        except EmptyResultSet:
+            self._keys = []
+            return 0
+        names = ["k", *(f"o{index}" for index in range(len(columns)))]
+        by_column = {"pk": "k", **{name: f"o{index}" for index, name in enumerate(columns)}}
+        ordering = ", ".join(
+            f"{by_column[field]} {'DESC' if name.startswith('-') else 'ASC'}"
+            for name, field in zip(order, fields, strict=True)
+        )
+        statement = (
+            f"WITH m({', '.join(names)}) AS MATERIALIZED ({sql}) "  # noqa: S608 - generated names only
+            "SELECT (SELECT count(*) FROM m), (SELECT CASE WHEN count(*) < %s THEN array_agg(k) END FROM m), "
+            f"ARRAY(SELECT k FROM m ORDER BY {ordering} LIMIT %s OFFSET %s)"
+        )
+        with connections[rows.db].cursor() as cursor:
+            # One key more: the first of the next page, which a page of an estimated count reads too.
+            cursor.execute(statement, [*params, limit, self.per_page + 1, bottom])
+            matches, keys, page_keys = cursor.fetchone()
+        if matches < limit:
+            self._keys = list(keys or [])
+        elif matches <= MAX_PAGINATED_ROWS:  # every match was read: the page's keys are those of the page
+            self._page_keys = (bottom, list(page_keys))
+        return int(min(matches, limit))
+
     def page(self, number: Any) -> Page:
-        number = self.validate_number(number)  # runs the count
         rows = self.object_list
-        if self._keys is None or not isinstance(rows, QuerySet):
+        if self.one_pass and isinstance(rows, QuerySet) and _readable_by_key(rows):
+            # The first row of the page asked for, if it is a page number at all (validate_number decides).
+            try:
+                self._wanted = max(int(number) - 1, 0) * self.per_page
+            except (TypeError, ValueError):
+                self._wanted = None
+        try:
+            number = self.validate_number(number)  # runs the count
+        finally:
+            self._wanted = None
+        if not isinstance(rows, QuerySet) or not _readable_by_key(rows):
             return super().page(number)
-        # Django's Paginator.page, with the page read by key.
+        page = self._page_by_key(rows, number)
+        if self.estimated:
+            page.probed = True  # type: ignore[attr-defined]
+        return page
+
+    def _page_by_key(self, rows: QuerySet[Any], number: int) -> Page:
+        """Django's Paginator.page, with the page read by key; for an estimated count, with the first row of the
+        next page too (``BoundedPaginator.page``)."""
         bottom = (number - 1) * self.per_page
         top = bottom + self.per_page
-        if top + self.orphans >= self.count:
+        if self.estimated:
+            top += 1
+        elif top + self.orphans >= self.count:
             top = self.count
-        by_key = rows.model._base_manager.db_manager(rows.db).filter(pk__in=self._keys)
+        by_key = rows.model._base_manager.db_manager(rows.db).all()
         by_key.query.select_related = rows.query.select_related
         by_key = by_key.prefetch_related(*getattr(rows, "_prefetch_related_lookups", ()))  # not in the stubs
         if rows.query.order_by:
             by_key = by_key.order_by(*rows.query.order_by)
-        return Page(by_key[bottom:top], number, self)
+        if self._keys is not None:
+            return Page(by_key.filter(pk__in=self._keys)[bottom:top], number, self)
+        if self._page_keys is not None and self._page_keys[0] == bottom:
+            return Page(by_key.filter(pk__in=self._page_keys[1])[: max(top - bottom, 0)], number, self)
+        if not self._ordered_by_indexed_fields(rows):
+            return BoundedPaginator.page(self, number)
+        # A larger result in an order that an index holds with the key: the page's keys (the filters, the
+        # ordering and the slice, reading only the key and the ordering's columns), then their rows, in one
+        # statement. A caller who sees 5,150 tokens probed each for its whole row before sorting; now each
+        # probe reads the index alone (core migration 0009), and only the page's rows are read.
+        return Page(by_key.filter(pk__in=rows.values("pk")[bottom:top]), number, self)
+
+    def _ordered_by_indexed_fields(self, rows: QuerySet[Any]) -> bool:
+        fields = [field.lstrip("-") if isinstance(field, str) else None for field in rows.query.order_by]
+        return bool(fields) and set(fields) <= self.indexed_order_fields
 
 
 class Pagination(PageNumberPagination):
@@ -171,6 +270,10 @@ class Pagination(PageNumberPagination):
     """
 
     django_paginator_class = BoundedPaginator
+    # Rows that all match the list, set by a view before ``page_of``: counted first (``BoundedPaginator.part``).
+    count_part: QuerySet[Any] | None = None
+    # Set by a view whose rows are known to be few: count and page in one statement (KeyedPaginator.one_pass).
+    one_pass = False
     page_size_query_param = "page_size"
     max_page_size = 100
 
@@ -186,6 +289,10 @@ class Pagination(PageNumberPagination):
         self.request = request
         page_size = self.get_page_size(request)
         paginator = self.django_paginator_class(queryset, page_size)
+        if isinstance(paginator, BoundedPaginator):
+            paginator.part = self.count_part
+        if isinstance(paginator, KeyedPaginator):
+            paginator.one_pass = self.one_pass
         page_number = self.get_page_number(request, paginator)
         try:
             self.page = paginator.page(page_number)

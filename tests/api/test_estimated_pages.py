@@ -28,14 +28,20 @@ def estimate_of(monkeypatch):
 
 
 @pytest.fixture
-def reader(make_user, make_token, bearer):
-    user = make_user(superuser=True)
+def owner(make_user):
+    return make_user()
+
+
+@pytest.fixture(params=["superuser", "owner"])
+def reader(request, owner, make_user, make_token, bearer):
+    """A superuser (who sees every token), or the owner of every token, whose list is counted and paged in one
+    statement (``KeyedPaginator.one_pass``)."""
+    user = make_user(superuser=True) if request.param == "superuser" else owner
     return bearer(make_token(user, identifier="aaa-reader"))
 
 
 @pytest.fixture
-def tokens(make_user, make_token):
-    owner = make_user()
+def tokens(owner, reader, make_token):
     # With the reader's own token: ROWS tokens in all, in identifier order.
     return ["aaa-reader", *(make_token(owner, identifier=f"tok-{n:02}").identifier for n in range(ROWS - 1))]
 

@@ -334,3 +334,40 @@ def test_volume_ignores_ordering(reader):
     make_event(EventAction.LOGIN)
     body = reader.get(event_url("volume"), {"ordering": "-created"}).json()
     assert [row["count"] for row in body] == [2]
+
+
+# --- the list's representation -------------------------------------------------------------------------
+
+
+def varied_events() -> None:
+    now = timezone.now().replace(microsecond=0)
+    make_event(EventAction.LOGIN, created=now, client_ip=None, user={"pk": 1, "username": "ann", "email": "a@x"})
+    make_event(
+        "custom_Über report",
+        created=now - timedelta(days=2, microseconds=7),
+        client_ip="2001:db8::1",
+        user={"username": "AnonymousUser", "pk": -1, "is_anonymous": True},
+        context={"model": {"pk": 42, "name": "tök"}, "list": [1, 2.5, None], "nested": {"a": {"b": None}}, "n": None},
+        brand={"name": "main", "pk": "b1"},
+    )
+    make_event(EventAction.SECRET_VIEW, created=now - timedelta(hours=5), client_ip="10.0.0.1", context={})
+
+
+@pytest.mark.parametrize("zone", [None, "Europe/Berlin", "America/St_Johns"])
+def test_list_rows_are_the_serializers(reader, zone):
+    from django.test.utils import override_settings
+    from rest_framework.renderers import JSONRenderer
+
+    from events.api import EventSerializer, event_list_rows
+
+    varied_events()
+    events = list(Event.objects.order_by("-created", "-pk"))
+    with timezone.override(zone) if zone else timezone.override(timezone.get_default_timezone()):
+        fast = JSONRenderer().render(event_list_rows(events))
+        contract = JSONRenderer().render(EventSerializer(events, many=True).data)
+    assert fast == contract
+    with override_settings(TIME_ZONE=zone or "UTC"):
+        body = reader.get(event_url("list")).content
+    with timezone.override(zone or "UTC"):
+        expected = JSONRenderer().render(EventSerializer(events, many=True).data)
+    assert b'"results":' + expected + b',"autocomplete"' in body

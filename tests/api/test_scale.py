@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, reset_queries
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -244,3 +244,119 @@ def test_token_search_matches_identifier_description_intent_and_owner(
     assert found("PASSWORD") == ["d-3"]
     assert found("nightly backup") == ["d-2"]
     assert found("nothing-like-it") == []
+
+
+def test_volume_from_the_rollup_is_the_serializers_output_of_a_plain_group_by(reader):
+    # The rollup's days are read as dates and their rows without the queryset's converters; the response
+    # must still be, byte for byte, EventVolumeSerializer over every event counted with a GROUP BY.
+    from rest_framework.renderers import JSONRenderer
+
+    from events.api import EventVolumeSerializer
+
+    now = timezone.now()
+    for days, action, count in [
+        (1, EventAction.LOGIN, 2),
+        (1, EventAction.LOGIN_FAILED, 1),
+        (1, "custom_Report", 1),
+        (3, EventAction.MODEL_UPDATED, 3),
+        (3, EventAction.MODEL_CREATED, 1),
+        (20, EventAction.SECRET_VIEW, 2),
+        (35, EventAction.LOGOUT, 1),
+    ]:
+        make_events(count, action=action, created=now - timedelta(days=days, hours=2))
+    make_events(2, created=now)  # today, counted from the events
+    reader.get(reverse("event-volume"), {"history_days": 40})  # fills the rollup
+    for params, action_filter in [
+        ({"history_days": 40}, {}),
+        ({"history_days": 21}, {}),
+        ({"history_days": 40, "action": "LOGIN"}, {"action__icontains": "login"}),
+        ({"history_days": 40, "actions": ["model_updated", "logout"]}, {"action__in": ["model_updated", "logout"]}),
+    ]:
+        response = reader.get(reverse("event-volume"), params)
+        live = event_volume(Event.objects.filter(**action_filter), history_days=params["history_days"], now=now)
+        assert response.content == JSONRenderer().render(EventVolumeSerializer(live, many=True).data)
+    assert len(response.json()) == 2
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL array literal")
+def test_owner_ids_are_one_array_literal_with_the_rows_of_an_in_list(make_user, make_token, bearer):
+    from core.filters import AmongIntegers
+
+    owners = [make_user(username=f"carol-{n}") for n in range(3)]
+    for n, owner in enumerate(owners):
+        make_token(owner, identifier=f"c-{n}")
+    make_token(make_user(username="dave"), identifier="d-1")
+    client = bearer(make_token(make_user(superuser=True), identifier="zz-admin"))
+    ids = [owner.pk for owner in owners]
+    for among in ([], ids[:1], ids, [*ids, 10**12]):
+        expected = sorted(Token.objects.filter(user_id__in=among).values_list("pk", flat=True))
+        assert sorted(Token.objects.filter(AmongIntegers("user_id", among)).values_list("pk", flat=True)) == expected
+    with CaptureQueriesContext(connection) as queries:
+        rows = client.get(reverse("token-list"), {"search": "carol"}).json()["results"]
+    assert [row["identifier"] for row in rows] == ["c-0", "c-1", "c-2"]
+    literal = "{" + ",".join(str(pk) for pk in sorted(ids)) + "}"
+    searched = [q["sql"] for q in queries.captured_queries if "LIKE" in q["sql"] and "authentik_core_token" in q["sql"]]
+    assert searched
+    assert all(f"= ANY('{literal}'::bigint[])" in sql for sql in searched)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL-only index")
+@pytest.mark.django_db(transaction=True)
+def test_the_page_keys_index_migration_is_reversible():
+    from django.db.migrations.executor import MigrationExecutor
+
+    def index() -> str | None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'token_pk_order_idx'")
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    def migrate(target: str) -> None:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate([("authentik_core", target)])
+
+    assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
+    try:
+        migrate("0008_search_statistics")
+        assert index() is None
+    finally:
+        migrate("0009_token_page_keys_index")
+    assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
+
+
+@pytest.mark.parametrize("limit", [2, 5, 6, 1000])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"search": "login"},
+        {"search": "LOGIN_F"},
+        {"search": "log"},
+        {"search": "login", "page": 2, "page_size": 2, "ordering": "action"},
+        {"search": "login", "username": "alice"},
+        {"search": "login alice"},
+        {"search": "10.0"},
+    ],
+)
+def test_counting_the_searched_actions_first_answers_as_counting_the_search(reader, monkeypatch, params, limit):
+    """A search whose terms start known actions: the events of those actions are counted first
+    (``BoundedPaginator.part``); the envelope is the same, byte for byte, as counting the search itself."""
+    from events.api import EventViewSet
+
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", limit)
+    now = timezone.now()
+    make_events(3, created=now - timedelta(minutes=1), user={"username": "alice"}, client_ip="10.0.0.1")
+    make_events(2, action=EventAction.LOGIN_FAILED, created=now - timedelta(minutes=2), user={"username": "bob"})
+    make_events(2, action=EventAction.LOGOUT, created=now - timedelta(minutes=3), user={"username": "login-bot"})
+    reset_queries()  # each request clears the log (request_started): capture from an empty one
+    with CaptureQueriesContext(connection) as queries:
+        with_part = reader.get(reverse("event-list"), params)
+    # (Read before the next request clears the log.)
+    statements = [query["sql"].upper() for query in queries.captured_queries]
+    monkeypatch.setattr(EventViewSet, "_searched_actions_events", lambda self, request: None)
+    without = reader.get(reverse("event-list"), params)
+    assert with_part.status_code == without.status_code == 200
+    assert with_part.content == without.content
+    counted_actions = [sql for sql in statements if "COUNT(" in sql and "LIKE" not in sql]
+    only_actions = params["search"].lower() in ("login", "login_f", "log") and "username" not in params
+    assert bool(counted_actions) == only_actions
