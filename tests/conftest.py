@@ -33,6 +33,19 @@ def _fresh_throttle_counters() -> None:
         caches["default"].clear()
 
 
+@pytest.fixture(autouse=True)
+def _throttle_clock_in_one_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The abuse limits' clock (in this process) stands still in the middle of a one-minute window.
+
+    A test that counts attempts up to a limit and straddled the start of a new minute would see its earlier
+    attempts partly discounted (a sliding window) and fail by chance; seen once. Tests of the window itself
+    set their own clock (``tests/api/test_throttling.py``); servers the live tests start keep real time.
+    """
+    from tokens_service.throttling import SlidingWindowThrottle
+
+    monkeypatch.setattr(SlidingWindowThrottle, "timer", lambda self: 630.0)
+
+
 @pytest.fixture
 def make_user(db: Any) -> Callable[..., User]:
     def make(*, superuser: bool = False, perms: tuple[str, ...] = (), **fields: Any) -> User:

@@ -7,18 +7,10 @@ from django.urls import reverse
 from rest_framework.settings import api_settings
 
 from events.models import Event
-from tokens_service.throttling import SlidingWindowThrottle
 
 PASSWORD = "correct horse battery staple 42"
 WRONG = "Tr0ub4dor&3-wrong-guess"
 LOGIN_URL = reverse("admin:login")
-
-
-@pytest.fixture(autouse=True)
-def _one_window(monkeypatch):
-    """The limits' clock stands still in the middle of a one-minute window: a test whose attempts straddled the
-    start of a new window would see the earlier ones partly discounted (sliding window) and fail by chance."""
-    monkeypatch.setattr(SlidingWindowThrottle, "timer", lambda self: 630.0)
 
 
 def rates(address: str | None, username: str | None):
