@@ -178,8 +178,8 @@ class Token(models.Model):
             # Global only: who may grant and revoke per-token permissions in the admin (besides superusers).
             ("manage_token_permissions", "Manage object permissions on tokens"),
         ]
+        # expires alone: token_expires_pk_idx (expires, token_uuid; migration 0007) serves every query on it.
         indexes = [
-            models.Index(fields=["expires"], name="token_expires_idx"),
             models.Index(fields=["previous_key_digest"], name="token_previous_key_idx"),
             models.Index(fields=["last_used"], name="token_last_used_idx"),
         ]

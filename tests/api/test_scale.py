@@ -321,8 +321,58 @@ def test_the_page_keys_index_migration_is_reversible():
         migrate("0008_search_statistics")
         assert index() is None
     finally:
-        migrate("0009_token_page_keys_index")
+        migrate_to_latest()
     assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
+
+
+def migrate_to_latest() -> None:
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def token_indexes() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'authentik_core_token'")
+        return {name for (name,) in cursor.fetchall()}
+
+
+REDUNDANT = {
+    "token_expires_idx",
+    "authentik_core_token_key_digest_65908419_like",
+    "authentik_core_token_managed_20a845a1_like",
+}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's pattern-ops twins")
+@pytest.mark.django_db(transaction=True)
+def test_redundant_token_indexes_are_dropped_reversibly():
+    from django.db.migrations.executor import MigrationExecutor
+
+    assert not token_indexes() & REDUNDANT
+    # What serves in their place: the unique indexes and (expires, token_uuid).
+    assert {"authentik_core_token_key_digest_key", "authentik_core_token_managed_key", "token_expires_pk_idx"} <= (
+        token_indexes()
+    )
+    try:
+        MigrationExecutor(connection).migrate([("authentik_core", "0009_token_page_keys_index")])
+        assert token_indexes() >= REDUNDANT  # the names are Django's own: going back restores them exactly
+    finally:
+        migrate_to_latest()
+    assert not token_indexes() & REDUNDANT
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL plans")
+def test_the_bearer_lookup_and_the_expiry_range_use_the_remaining_indexes(db):
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN SELECT 1 FROM authentik_core_token WHERE key_digest IN ('hmac$a', 'hmac$b')")
+        digest_plan = " ".join(row[0] for row in cursor.fetchall())
+        cursor.execute("EXPLAIN SELECT token_uuid FROM authentik_core_token WHERE expires < now() ORDER BY expires")
+        expiry_plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "authentik_core_token_key_digest_key" in digest_plan
+    assert "token_expires_pk_idx" in expiry_plan
 
 
 @pytest.mark.parametrize("limit", [2, 5, 6, 1000])
