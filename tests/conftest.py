@@ -1,6 +1,7 @@
 """Shared fixtures: users, tokens, an API client that speaks Bearer, and database-lane markers."""
 
 import itertools
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -104,10 +105,16 @@ def past() -> Any:
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: Any) -> None:
-    """On SQLite, put the test database in a file, so a server process (``live``) can open it too."""
+    """On SQLite, put the test database in a file, so a server process (``live``) can open it too.
+
+    On PostgreSQL, ``TEST_DATABASE_NAME`` names the test database instead of ``test_<name>``: pytest-django
+    drops an existing test database of that name, so two runs against one server need two names.
+    """
+    db = settings.DATABASES["default"]
     if not ON_POSTGRES:
-        db = settings.DATABASES["default"]
         db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+    elif os.environ.get("TEST_DATABASE_NAME"):
+        db.setdefault("TEST", {})["NAME"] = os.environ["TEST_DATABASE_NAME"]
 
 
 @pytest.fixture(scope="session")
