@@ -83,13 +83,15 @@ test: system-packages lint
 
 # One lane alone, in the foreground. Each lane adds its own coverage data file to var/coverage/
 # (parallel = true in pyproject.toml), so the two may run at once; `make coverage` combines and reports them.
+# TEST_PORTS: each lane's servers listen on ports of its own range, below the kernel's ephemeral ports
+# (tests/helpers.py, free_port).
 test-sqlite: $(STAMP)
 	@mkdir -p var/coverage
-	$(TEST_ENV) $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) TEST_PORTS=20000-24999 $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(STAMP)
 	@mkdir -p var/coverage
-	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) TEST_PORTS=26000-30999 DATABASE_URL="$(PG_URL)" $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 
 # Combine the lanes' data and report branch coverage; COVERAGE_FLOOR overrides pyproject.toml's fail_under.
 coverage: $(STAMP)
