@@ -58,7 +58,9 @@ lint: $(STAMP)
 schema: $(STAMP)
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file schema.yml
 
-# Every gate CI runs. PostgreSQL lane: run when reachable; with REQUIRE_POSTGRES=1 unreachable fails.
+# Every gate CI runs, then the two database lanes side by side (scripts/test-lanes.sh: each lane's output
+# in var/test-sqlite.log and var/test-postgres.log, its result printed at the end, a failed lane's whole
+# log shown). PostgreSQL lane: run when reachable; with REQUIRE_POSTGRES=1 unreachable fails at once.
 # Branch coverage of both lanes together must reach the floor in pyproject.toml ([tool.coverage.report]
 # fail_under); without the PostgreSQL lane the figure is printed but not enforced.
 test: system-packages lint
@@ -69,25 +71,27 @@ test: system-packages lint
 	$(TEST_ENV) $(BIN)/python manage.py collectstatic --noinput -v 0
 	@mkdir -p var/coverage
 	$(BIN)/coverage erase
-	$(MAKE) --no-print-directory test-sqlite
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$(PG_URL)" 2>/dev/null; then \
-		$(MAKE) --no-print-directory test-postgres && $(MAKE) --no-print-directory coverage; \
+		MAKE="$(MAKE)" bash scripts/test-lanes.sh sqlite postgres && $(MAKE) --no-print-directory coverage; \
 	elif [ "$(REQUIRE_POSTGRES)" = "1" ]; then \
 		echo "PostgreSQL is not reachable at DATABASE_URL or 127.0.0.1:5432 and REQUIRE_POSTGRES=1" >&2; exit 1; \
 	else \
-		$(MAKE) --no-print-directory coverage COVERAGE_FLOOR=0; \
-		echo "PostgreSQL not reachable: the PostgreSQL lane (locking and race tests) was NOT run,"; \
+		MAKE="$(MAKE)" bash scripts/test-lanes.sh sqlite && $(MAKE) --no-print-directory coverage COVERAGE_FLOOR=0 && \
+		echo "PostgreSQL not reachable: the PostgreSQL lane (locking and race tests) was NOT run," && \
 		echo "and the coverage floor (both lanes together) was not enforced."; \
 	fi
 
-# Each lane adds its own coverage data file to var/coverage/; `make coverage` combines and reports them.
+# One lane alone, in the foreground. Each lane adds its own coverage data file to var/coverage/
+# (parallel = true in pyproject.toml), so the two may run at once; `make coverage` combines and reports them.
+# TEST_PORTS: each lane's servers listen on ports of its own range, below the kernel's ephemeral ports
+# (tests/helpers.py, free_port).
 test-sqlite: $(STAMP)
 	@mkdir -p var/coverage
-	$(TEST_ENV) $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) TEST_PORTS=20000-24999 $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(STAMP)
 	@mkdir -p var/coverage
-	$(TEST_ENV) DATABASE_URL="$(PG_URL)" $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) TEST_PORTS=26000-30999 DATABASE_URL="$(PG_URL)" $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 
 # Combine the lanes' data and report branch coverage; COVERAGE_FLOOR overrides pyproject.toml's fail_under.
 coverage: $(STAMP)

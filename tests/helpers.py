@@ -2,8 +2,13 @@
 real-server harness is ``tests/support/live.py``, the leak check ``tests/support/leakcheck.py``, the proxy topology
 ``tests/support/topology.py``."""
 
+import itertools
 import json
+import os
+import random
 import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,39 @@ ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.pos
 requires_postgres = pytest.mark.skipif(not ON_POSTGRES, reason="row locks and races need PostgreSQL")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _lane_ports() -> Iterator[int]:
+    """With ``TEST_PORTS=low-high`` (``make test-sqlite`` and ``make test-postgres`` each set their own range,
+    below the kernel's ephemeral ports), every port of the range in turn, from a random start; otherwise 0,
+    the kernel's choice, forever. A port found free is only bound later by the server it is for: in a range
+    of its own, neither the other lane nor an outgoing connection's ephemeral port can take it meanwhile."""
+    low, _, high = os.environ.get("TEST_PORTS", "").partition("-")
+    if not low:
+        yield from itertools.repeat(0)
+        return
+    ports = range(int(low), int(high) + 1)
+    start = random.randrange(len(ports))
+    while True:
+        yield from ports[start:]
+        yield from ports[:start]
+        start = 0
+
+
+_PORTS = _lane_ports()
+_PORTS_LOCK = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on or holds on ``host`` now (see ``_lane_ports`` for which)."""
+    for _ in range(10_000):
+        with _PORTS_LOCK:
+            port = next(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free port on {host} (TEST_PORTS={os.environ.get('TEST_PORTS', '')})")
 
 
 @dataclass

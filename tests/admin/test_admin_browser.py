@@ -1,6 +1,6 @@
 """The admin and the docs pages driven in headless Chromium (Debian's package) through Playwright.
 
-Run with ``pytest -m browser``. Each step leaves a PNG in ``artifacts/screenshots/`` (git-ignored).
+Run with ``pytest -m browser``. Each step leaves a PNG in ``artifacts/screenshots/<lane>/`` (git-ignored).
 Chromium is a machine requirement (``.ci/run`` installs it): when it is missing these tests fail, they
 do not skip, so a CI run without a browser cannot pass unnoticed.
 """
@@ -16,7 +16,7 @@ from guardian.shortcuts import get_perms
 
 from core.models import Token, User, generate_key
 from events.models import Event, EventAction
-from tests.helpers import ROOT
+from tests.helpers import ON_POSTGRES, ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,7 +29,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+# One folder per database lane: `make test` runs the two lanes at the same time.
+SCREENSHOTS = ROOT / "artifacts" / "screenshots" / ("postgresql" if ON_POSTGRES else "sqlite")
 PASSWORD = "a-long-admin-passphrase-for-tests"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

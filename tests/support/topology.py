@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from tests import helpers
 from tests.helpers import ROOT
 
 HAPROXY = Path("/usr/sbin/haproxy")
@@ -86,9 +87,7 @@ def adapt_haproxy_config(text: str, *, bind: str, nameserver: str, app_port: int
 def free_port(*hosts: str) -> int:
     """A TCP port free on every one of ``hosts`` (loopback addresses)."""
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
+        port = helpers.free_port(hosts[0])
         try:
             for host in hosts[1:]:
                 with socket.socket() as other:
