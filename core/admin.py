@@ -156,7 +156,15 @@ def _is_superuser(request: HttpRequest) -> bool:
 
 def _administers(request: HttpRequest, account: User | None) -> bool:
     editor = request.user
-    return account is None or (isinstance(editor, User) and may_administer(editor, account))
+    if account is None:
+        return True
+    if not isinstance(editor, User):
+        return False
+    # Asked about six times per change page: decided once per account and request (a few queries each).
+    decided: dict[Any, bool] = request.__dict__.setdefault("_administers", {})
+    if account.pk not in decided:
+        decided[account.pk] = may_administer(editor, account)
+    return decided[account.pk]
 
 
 def _staff(request: HttpRequest) -> User | None:

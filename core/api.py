@@ -23,6 +23,7 @@ from core.filters import (
     StableOrderingFilter,
     TokenFilter,
     TokenSearchFilter,
+    search_part,
 )
 from core.listing import token_list_page
 from core.models import Token, TokenIntents, User
@@ -159,13 +160,9 @@ class TokenViewSet(ModelViewSet):
         # counting them is an index range (the owners' ids), where counting the search tests the identifier
         # and description of every token it reads (user13: 1,111 owners; about 18,000 tokens read for 1,001
         # matches). The paginator counts them first (BoundedPaginator.part); the count is the same either way.
-        conditions = getattr(self, "search_owner_conditions", None)
-        filterset = self.filterset_class.base_filters if self.filterset_class is not None else {}
-        if not conditions or not getattr(self, "sees_every_token", False):
+        if not getattr(self, "sees_every_token", False):
             return None
-        if any(name in request.query_params for name in filterset):
-            return None
-        return Token.objects.filter(*conditions)
+        return search_part(self, request, Token, getattr(self, "search_owner_conditions", None))
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.get_serializer(data=request.data)

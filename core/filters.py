@@ -181,6 +181,17 @@ class AmongIntegers(Expression):
         return f"{sql} = ANY('{{{literal}}}'::bigint[])", list(params)
 
 
+def search_part(view: Any, request: Request, model: type[Any], conditions: list[Any] | None) -> QuerySet[Any] | None:
+    """The rows of ``model`` meeting ``conditions``, which a search filter found to imply every search term (the
+    owners a token search matches, the actions an event search starts), for the paginator to count first
+    (``BoundedPaginator.part``); ``None`` without such conditions or when the request names any other filter
+    of ``view``'s filterset, which the part would then not imply."""
+    filterset = view.filterset_class.base_filters if view.filterset_class is not None else {}
+    if not conditions or any(name in request.query_params for name in filterset):
+        return None
+    return model.objects.filter(*conditions)
+
+
 class TokenSearchFilter(SearchFilter):
     """``search`` over the token's identifier, intent, description and owner's username (any case, anywhere).
 

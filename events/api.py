@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import ReadOnlyModelViewSet
 
-from core.filters import SingleValuedQueryParameters, StableOrderingFilter
+from core.filters import SingleValuedQueryParameters, StableOrderingFilter, search_part
 from core.listing import iso_8601
 from core.models import User
 from events.filters import EventFilter, EventSearchFilter
@@ -144,11 +144,7 @@ class EventViewSet(ReadOnlyModelViewSet):
         # (event_action_pk_idx), where counting the search builds a month's bitmap over five indexes
         # (search=login: about 125,000 events). The paginator counts them first (BoundedPaginator.part);
         # the count is the same either way.
-        conditions = getattr(self, "search_action_conditions", None)
-        filterset = self.filterset_class.base_filters if self.filterset_class is not None else {}
-        if not conditions or any(name in request.query_params for name in filterset):
-            return None
-        return Event.objects.filter(*conditions)
+        return search_part(self, request, Event, getattr(self, "search_action_conditions", None))
 
     @extend_schema(responses={200: TypeCreateSerializer(many=True)})
     @action(detail=False, methods=["get"], pagination_class=None, filter_backends=[])

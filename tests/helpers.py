@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
 # The repository root, wherever a test module sits below tests/.
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +92,9 @@ def parse_raw_response(data: bytes) -> RawResponse:
             rest = rest[size + 2 :]
         body = b"".join(decoded)
     return RawResponse(status=status, headers=headers, body=body)
+
+
+def migrate_to_latest() -> None:
+    """Apply every migration (after a test that migrated the test database back)."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())

@@ -78,12 +78,16 @@ class BoundedPaginator(DjangoPaginator):
         return int(rows.order_by()[:limit].count())
 
     @cached_property
+    def reachable_pages(self) -> int:
+        """The pages that start before row ``MAX_PAGINATED_ROWS``."""
+        return -(-MAX_PAGINATED_ROWS // self.per_page)
+
+    @cached_property
     def num_pages(self) -> int:
-        """The pages that can be reached: those starting before row ``MAX_PAGINATED_ROWS`` (and, for an estimated
-        count, all of those: an estimate may fall short of the rows there are)."""
-        reachable = -(-MAX_PAGINATED_ROWS // self.per_page)
+        """The pages that can be reached (``reachable_pages``); for an estimated count, all of them: an estimate
+        may fall short of the rows there are."""
         self.count  # noqa: B018 - computed first: it decides whether the count is an estimate
-        return reachable if self.estimated else min(super().num_pages, reachable)
+        return self.reachable_pages if self.estimated else min(super().num_pages, self.reachable_pages)
 
     def page(self, number: Any) -> Page:
         """Django's page; for an estimated count, the page's rows plus the first row of the next page (if any),
@@ -97,9 +101,7 @@ class BoundedPaginator(DjangoPaginator):
         if not self.estimated:
             return super().page(number)
         bottom = (number - 1) * self.per_page
-        page = Page(self.object_list[bottom : bottom + self.per_page + 1], number, self)
-        page.probed = True  # type: ignore[attr-defined]
-        return page
+        return Page(self.object_list[bottom : bottom + self.per_page + 1], number, self)
 
 
 def _plain_ordering(rows: QuerySet[Any]) -> bool:
@@ -224,10 +226,7 @@ class KeyedPaginator(BoundedPaginator):
             self._wanted = None
         if not isinstance(rows, QuerySet) or not _readable_by_key(rows):
             return super().page(number)
-        page = self._page_by_key(rows, number)
-        if self.estimated:
-            page.probed = True  # type: ignore[attr-defined]
-        return page
+        return self._page_by_key(rows, number)
 
     def _page_by_key(self, rows: QuerySet[Any], number: int) -> Page:
         """Django's Paginator.page, with the page read by key; for an estimated count, with the first row of the
@@ -333,7 +332,8 @@ class Pagination(PageNumberPagination):
     def get_paginated_response(self, data: Any) -> Response:
         page = self.page
         assert page is not None  # set by paginate_queryset, which DRF always calls first
-        if getattr(page, "probed", False):
+        # Every page of an estimated count is read with the first row of the next (BoundedPaginator.page).
+        if getattr(page.paginator, "estimated", False):
             envelope, data = self._probed_envelope(page, data)
         else:
             envelope = {
@@ -352,14 +352,15 @@ class Pagination(PageNumberPagination):
         own rows. ``next`` is exact; on the last page so are ``count`` and ``total_pages``, elsewhere they are
         the estimate's, raised where the rows found exceed it. A page past the last row is 404, as without an
         estimate."""
-        per_page, number = page.paginator.per_page, page.number
+        paginator = page.paginator
+        assert isinstance(paginator, BoundedPaginator)  # the only paginators that estimate
+        per_page, number, reachable = paginator.per_page, page.number, paginator.reachable_pages
         more, data = len(data) > per_page, data[:per_page]
         if not data and number > 1:
             raise exceptions.NotFound(self.invalid_page_message.format(page_number=number, message="empty"))
         bottom = (number - 1) * per_page
-        reachable = -(-MAX_PAGINATED_ROWS // per_page)
         if more:
-            count = max(page.paginator.count, bottom + per_page + 1)
+            count = max(paginator.count, bottom + per_page + 1)
             total_pages = min(max(-(-count // per_page), number + 1), reachable)
         else:
             count, total_pages = bottom + len(data), number

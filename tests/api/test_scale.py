@@ -16,6 +16,7 @@ from core.models import Token
 from core.selectors import tokens_visible_to
 from events.models import Event, EventAction, EventVolume
 from events.selectors import event_volume
+from tests.helpers import migrate_to_latest
 from tokens_service import pagination
 
 VIEW_EVENT = "authentik_events.view_event"
@@ -323,13 +324,6 @@ def test_the_page_keys_index_migration_is_reversible():
     finally:
         migrate_to_latest()
     assert index().endswith("(token_uuid) INCLUDE (identifier, expires)")
-
-
-def migrate_to_latest() -> None:
-    from django.db.migrations.executor import MigrationExecutor
-
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes())
 
 
 def token_indexes() -> set[str]:

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from core.crypto import key_digest
 from core.models import Token
+from tests.helpers import migrate_to_latest
 
 BEFORE = [("authentik_core", "0003_token_rotation_usage")]
 EXPANDED = [("authentik_core", "0004_token_key_at_rest")]
@@ -24,11 +25,6 @@ def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
     executor = MigrationExecutor(connection)
     executor.migrate(targets)
     return MigrationExecutor(connection)
-
-
-def migrate_to_latest() -> None:
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes())
 
 
 @pytest.fixture

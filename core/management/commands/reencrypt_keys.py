@@ -13,12 +13,16 @@ from core.models import Token
 MAX_PASSES = 5
 
 
+def _current_pepper_prefix() -> str:
+    """How every digest under the current pepper starts."""
+    return f"{crypto.DIGEST_PREFIX}{crypto.current_pepper_id()}$"
+
+
 def tokens_needing_rotation() -> QuerySet[Token]:
     """Tokens whose stored key is not under the current encryption key or whose digest is not under the current
     pepper (legacy rows included). ``startswith`` compares the stored text, never a decrypted key."""
     current_key = f"{crypto.CIPHERTEXT_PREFIX}{crypto.current_encryption_key_id()}$"
-    current_pepper = f"{crypto.DIGEST_PREFIX}{crypto.current_pepper_id()}$"
-    return Token.objects.filter(~Q(key__startswith=current_key) | ~Q(key_digest__startswith=current_pepper))
+    return Token.objects.filter(~Q(key__startswith=current_key) | ~Q(key_digest__startswith=_current_pepper_prefix()))
 
 
 def previous_keys_under_older_peppers() -> QuerySet[Token]:
@@ -27,9 +31,8 @@ def previous_keys_under_older_peppers() -> QuerySet[Token]:
     Only its digest is stored, so it cannot be re-digested: the older pepper must stay configured until the
     grace period ends, or the previous key stops working early.
     """
-    current_pepper = f"{crypto.DIGEST_PREFIX}{crypto.current_pepper_id()}$"
     return Token.objects.filter(previous_key_digest__isnull=False, previous_key_expires__gt=timezone.now()).exclude(
-        previous_key_digest__startswith=current_pepper
+        previous_key_digest__startswith=_current_pepper_prefix()
     )
 
 
