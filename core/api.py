@@ -46,6 +46,7 @@ from core.services import (
     token_update,
     token_view_key,
 )
+from tokens_service.db import filters_nothing, prepared_plans
 from tokens_service.pagination import KeyedPagination, KeyedPaginator, Pagination
 from tokens_service.request_meta import request_meta
 from tokens_service.throttling import KeyCollisionThrottle, SlidingWindowThrottle
@@ -150,9 +151,11 @@ class TokenViewSet(ModelViewSet):
         # A caller without the global permission sees its own and its permitted tokens: count and page them
         # in one statement that builds the visible set once (KeyedPaginator.one_pass).
         paginator.one_pass = not getattr(self, "sees_every_token", True)
-        rows = paginator.page_of(filtered, request).object_list
-        assert isinstance(rows, QuerySet)
-        return paginator.get_paginated_response(token_list_page(rows))
+        # Prepared plans only when no request value filters the rows (tokens_service.db).
+        with prepared_plans(filters_nothing(request.query_params)):
+            rows = paginator.page_of(filtered, request).object_list
+            assert isinstance(rows, QuerySet)
+            return paginator.get_paginated_response(token_list_page(rows))
 
     def _owners_tokens(self, request: Request) -> QuerySet[Token] | None:
         # A search whose terms each match owners (TokenSearchFilter.owner_conditions), by a caller who sees

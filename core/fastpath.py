@@ -17,8 +17,8 @@ parameters.
 import functools
 import json
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
@@ -36,6 +36,7 @@ from core.crypto import decrypt_key, encrypt_key, key_lookup_digests
 from core.models import Token, TokenIntents, User
 from events.models import Event, EventAction
 from events.services import event_values
+from tokens_service.db import prepared_plans
 from tokens_service.request_meta import RequestMeta
 
 if TYPE_CHECKING:
@@ -57,6 +58,14 @@ def enabled() -> bool:
 
 def _db() -> BaseDatabaseWrapper:
     return connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once (not through the proxy)
+
+
+@contextmanager
+def _cursor(db: BaseDatabaseWrapper) -> Iterator[Any]:
+    """A cursor whose statements may be prepared: each looks rows up by a unique key or by the caller, so
+    one plan suits every value (``tokens_service.db``)."""
+    with prepared_plans(), db.cursor() as cursor:
+        yield cursor
 
 
 def _q(name: str) -> str:
@@ -174,7 +183,7 @@ def bearer_match(key: str) -> "BearerMatch | None":
     db = _db()
     digests = key_lookup_digests(key)
     now = timezone.now()
-    with db.cursor() as cursor:
+    with _cursor(db) as cursor:
         params: dict[str, Any] = {"intent": TokenIntents.API.value, "now": db.ops.adapt_datetimefield_value(now)}
         cursor.execute(_bearer_sql(len(digests)), params | _digest_params(digests))
         rows = cursor.fetchall()
@@ -231,7 +240,7 @@ def _perm_sql(object_pk: str | None) -> str:
 
 
 def _exists(sql: str, params: dict[str, Any]) -> bool:
-    with _db().cursor() as cursor:
+    with _cursor(_db()) as cursor:
         cursor.execute(f"SELECT {sql}", params)
         row = cursor.fetchone()
     return bool(row and row[0])
@@ -309,7 +318,7 @@ WHERE token_uuid = (
 def token_record_use(*, token_pk: uuid.UUID, ip: str | None, now: datetime, stale_before: datetime) -> bool:
     """``core.usage``'s recording of a token's use, in one statement; whether a row was written."""
     db = _db()
-    with db.cursor() as cursor:
+    with _cursor(db) as cursor:
         cursor.execute(_record_use_sql(), {"now": now, "ip": ip, "token_pk": token_pk, "stale_before": stale_before})
         return cursor.rowcount == 1
 
@@ -432,7 +441,7 @@ def token_set_key(
     try:
         # Inside a caller's transaction (the admin, tests), a savepoint lets a failure undo just this
         # statement; in autocommit mode the statement is its own transaction already.
-        with transaction.atomic() if db.in_atomic_block else nullcontext(), db.cursor() as cursor:
+        with transaction.atomic() if db.in_atomic_block else nullcontext(), _cursor(db) as cursor:
             # Every digest the key may be stored under (each configured pepper, the legacy one): a collision
             # with a row not yet re-digested during a pepper rotation is still found.
             cursor.execute(_set_key_sql(_caller_kind(actor), len(digests)), params | _digest_params(digests))
@@ -501,7 +510,7 @@ def token_view_key(*, token_identifier: str, actor: User, request_meta: RequestM
         **_event_params(EventAction.SECRET_VIEW, actor, request_meta, {"secret": summary}),
     }
     db = _db()
-    with transaction.atomic() if db.in_atomic_block else nullcontext(), db.cursor() as cursor:
+    with transaction.atomic() if db.in_atomic_block else nullcontext(), _cursor(db) as cursor:
         cursor.execute(_view_key_sql(_caller_kind(actor)), params)
         token_pk, permitted, expired, stored_key, global_perm = cursor.fetchone()
     services.refuse_unless_allowed(

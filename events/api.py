@@ -20,6 +20,7 @@ from core.models import User
 from events.filters import EventFilter, EventSearchFilter
 from events.models import Event, EventAction
 from events.selectors import MAX_HISTORY_DAYS, event_volume, user_can_view_events
+from tokens_service.db import filters_nothing, prepared_plans
 from tokens_service.pagination import Pagination
 
 
@@ -131,12 +132,15 @@ class EventViewSet(ReadOnlyModelViewSet):
         paginator = self.paginator
         if isinstance(paginator, Pagination):
             paginator.count_part = self._searched_actions_events(request)
-        page = self.paginate_queryset(queryset)
-        if page is None:
-            return Response(self.get_serializer(queryset, many=True).data)
-        # The page as EventSerializer(page, many=True).data gives it, without building the serializer's fields
-        # and calling each field per row (most of the list's CPU): held to it by tests/api/test_events_api.py.
-        return self.get_paginated_response(event_list_rows(page))
+        # Prepared plans only when no request value filters the rows (tokens_service.db).
+        with prepared_plans(filters_nothing(request.query_params)):
+            page = self.paginate_queryset(queryset)
+            if page is None:
+                return Response(self.get_serializer(queryset, many=True).data)
+            # The page as EventSerializer(page, many=True).data gives it, without building the serializer's
+            # fields and calling each field per row (most of the list's CPU): held to it by
+            # tests/api/test_events_api.py.
+            return self.get_paginated_response(event_list_rows(page))
 
     def _searched_actions_events(self, request: Request) -> QuerySet[Event] | None:
         # A search whose terms each start known actions (EventSearchFilter.action_conditions), and no other

@@ -148,8 +148,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # check, set_key's write) once per connection, not on every request: about half the database CPU
     # of a set_key (README, "Performance"). Off (DB_PREPARED_STATEMENTS=0) behind a transaction-mode
     # PgBouncer that does not track prepared statements (before 1.21, or max_prepared_statements = 0).
+    # Only statements whose plan suits every parameter value are prepared (tokens_service.db): a generic
+    # plan made for an average filter value read millions of rows for a rare one.
     if env_bool("DB_PREPARED_STATEMENTS", default=True):
-        DATABASES["default"]["OPTIONS"].update({"server_side_binding": True, "prepare_threshold": 5})
+        from tokens_service.db import SelectivelyPreparedCursor
+
+        DATABASES["default"]["OPTIONS"].update(
+            {"server_side_binding": True, "prepare_threshold": 5, "cursor_factory": SelectivelyPreparedCursor}
+        )
 else:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": env_int("SQLITE_TIMEOUT_S", 5), "transaction_mode": "IMMEDIATE"}
