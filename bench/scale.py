@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,11 @@ TOKEN_PK_DASHED = f"{TOKEN_PK[:8]}-{TOKEN_PK[8:12]}-{TOKEN_PK[12:16]}-{TOKEN_PK[
 
 E = "/api/v3/events/events/"
 T = "/api/v3/core/tokens/"
+# Times relative to the run (seed_big.py spreads expiry dates and last uses around the seeding time).
+_NOW = datetime.now(UTC).replace(microsecond=0)
+EXPIRES = (_NOW + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+DAYS_AGO_7 = (_NOW - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+DAYS_AGO_90 = (_NOW - timedelta(days=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
 # (name, caller, path): every list, filter, search, ordering, deep page and volume request.
 REQUESTS = [
     ("events list", "super", E),
@@ -80,6 +86,15 @@ REQUESTS = [
     ("tokens ?ordering=-intent", "super", T + "?ordering=-intent"),
     ("tokens ?ordering=managed", "super", T + "?ordering=managed"),
     ("tokens ?ordering=expiring", "super", T + "?ordering=expiring"),
+    ("tokens ?ordering=-identifier", "super", T + "?ordering=-identifier"),
+    ("tokens ?ordering=last_used", "super", T + "?ordering=last_used"),
+    ("tokens ?ordering=-last_used", "super", T + "?ordering=-last_used"),
+    ("tokens ?expires=", "super", T + "?expires=" + EXPIRES),
+    ("tokens ?last_used__lt= (90 days)", "super", T + "?last_used__lt=" + DAYS_AGO_90),
+    ("tokens ?last_used__gte= (7 days)", "super", T + "?last_used__gte=" + DAYS_AGO_7),
+    ("tokens ?last_used__isnull=true", "super", T + "?last_used__isnull=true"),
+    ("tokens ?unused_since= (90 days)", "super", T + "?unused_since=" + DAYS_AGO_90),
+    ("tokens ?unused_since= (non-superuser)", "user", T + "?unused_since=" + DAYS_AGO_90),
     ("tokens ?page=10&page_size=100", "super", T + "?page=10&page_size=100"),
     ("tokens ?page=5000 (beyond the bound)", "super", T + "?page=5000"),
     ("tokens ?page=3 (non-superuser)", "user", T + "?page=3"),

@@ -108,7 +108,7 @@ FROM generate_series(1, %s) n""",
     run(
         """
 INSERT INTO authentik_core_token (token_uuid, identifier, key, key_digest, intent, user_id, description, expires,
-    expiring, managed)
+    expiring, managed, last_used, last_used_ip)
 SELECT md5('tok-' || n)::uuid, 'tok-' || n, k.key, k.key_digest,
     CASE WHEN n %% 10 = 0 THEN 'app_password' WHEN n %% 97 = 0 THEN 'recovery' ELSE 'api' END,
     u.id,
@@ -116,7 +116,9 @@ SELECT md5('tok-' || n)::uuid, 'tok-' || n, k.key, k.key_digest,
         ELSE 'grafana scraper ' || (n %% 100) END,
     CASE WHEN n %% 3 = 0 THEN NULL ELSE now() + ((n %% 730) - 100) * interval '1 day' END,
     n %% 3 <> 0,
-    CASE WHEN n %% 5000 = 0 THEN 'goauthentik.io/managed/' || n END
+    CASE WHEN n %% 5000 = 0 THEN 'goauthentik.io/managed/' || n END,
+    CASE WHEN n %% 10 < 7 THEN now() - ((n::bigint * 13) %% (180 * 24)) * interval '1 hour' END,
+    CASE WHEN n %% 10 < 7 THEN ('10.2.' || (n %% 200) || '.' || (n %% 250 + 1))::inet END
 FROM generate_series(1, %s) n
 JOIN seed_key k ON k.num = n
 JOIN seed_user u ON u.un = 1 + (n::bigint * 7919) %% %s""",

@@ -181,7 +181,9 @@ class Token(models.Model):
         # expires alone: token_expires_pk_idx (expires, token_uuid; migration 0007) serves every query on it.
         indexes = [
             models.Index(fields=["previous_key_digest"], name="token_previous_key_idx"),
-            models.Index(fields=["last_used"], name="token_last_used_idx"),
+            # Ends in the pk, as every ordering does (core.filters.StableOrderingFilter): a page ordered by
+            # -last_used is an index range even among the never-used tokens, which sort first (migration 0011).
+            models.Index(fields=["last_used", "token_uuid"], name="token_last_used_pk_idx"),
         ]
         constraints = [
             models.CheckConstraint(
