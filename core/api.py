@@ -46,7 +46,7 @@ from core.services import (
     token_update,
     token_view_key,
 )
-from tokens_service.db import filters_nothing, prepared_plans
+from tokens_service.db import list_page_plans
 from tokens_service.pagination import KeyedPagination, KeyedPaginator, Pagination
 from tokens_service.request_meta import request_meta
 from tokens_service.throttling import KeyCollisionThrottle, SlidingWindowThrottle
@@ -151,8 +151,7 @@ class TokenViewSet(ModelViewSet):
         # A caller without the global permission sees its own and its permitted tokens: count and page them
         # in one statement that builds the visible set once (KeyedPaginator.one_pass).
         paginator.one_pass = not getattr(self, "sees_every_token", True)
-        # Prepared plans only when no request value filters the rows (tokens_service.db).
-        with prepared_plans(filters_nothing(request.query_params)):
+        with list_page_plans(request.query_params):  # prepared plans only when nothing is filtered
             rows = paginator.page_of(filtered, request).object_list
             assert isinstance(rows, QuerySet)
             return paginator.get_paginated_response(token_list_page(rows))

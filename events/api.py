@@ -20,7 +20,7 @@ from core.models import User
 from events.filters import EventFilter, EventSearchFilter
 from events.models import Event, EventAction
 from events.selectors import MAX_HISTORY_DAYS, event_volume, user_can_view_events
-from tokens_service.db import filters_nothing, prepared_plans
+from tokens_service.db import list_page_plans
 from tokens_service.pagination import Pagination
 
 
@@ -132,8 +132,7 @@ class EventViewSet(ReadOnlyModelViewSet):
         paginator = self.paginator
         if isinstance(paginator, Pagination):
             paginator.count_part = self._searched_actions_events(request)
-        # Prepared plans only when no request value filters the rows (tokens_service.db).
-        with prepared_plans(filters_nothing(request.query_params)):
+        with list_page_plans(request.query_params):  # prepared plans only when nothing is filtered
             page = self.paginate_queryset(queryset)
             if page is None:
                 return Response(self.get_serializer(queryset, many=True).data)

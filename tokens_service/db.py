@@ -16,7 +16,7 @@ Django does by default.
 
 import contextvars
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from django.db.backends.postgresql.base import ServerBindingCursor
@@ -52,3 +52,8 @@ def prepared_plans(allowed: bool = True) -> Iterator[None]:
 def filters_nothing(query_params: Mapping[str, Any] | Iterable[str]) -> bool:
     """Whether a list request's parameters only choose the page and its order."""
     return set(query_params) <= UNFILTERED_PARAMETERS
+
+
+def list_page_plans(query_params: Mapping[str, Any]) -> AbstractContextManager[None]:
+    """``prepared_plans`` for the statements of a list page: allowed only when no request value filters the rows."""
+    return prepared_plans(filters_nothing(query_params))

@@ -29,6 +29,14 @@ def prepared_statements() -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def request_list_repeatedly(client, name: str, query: dict[str, str]) -> None:
+    """``REPEAT`` times the same page of the event list (one event in it) or the token list."""
+    Event.objects.create(action=EventAction.MODEL_UPDATED, app="authentik_core", context={}, expires=timezone.now())
+    url = reverse("event-list") if name == "events" else reverse("token-list")
+    for _ in range(REPEAT):
+        assert client.get(url, query).status_code == 200
+
+
 @pytest.fixture
 def fresh_session(db: None) -> None:
     """Start from a connection that holds no prepared statement (psycopg forgets its own cache too)."""
@@ -66,12 +74,7 @@ def test_set_key_and_the_bearer_lookup_are_prepared(admin_token, make_token, bea
     ],
 )
 def test_statements_of_a_filtered_list_are_never_prepared(name, query, marker, admin_token, bearer):
-    Event.objects.create(action=EventAction.MODEL_UPDATED, app="authentik_core", context={}, expires=timezone.now())
-    url = reverse("event-list") if name == "events" else reverse("token-list")
-    client = bearer(admin_token)
-
-    for _ in range(REPEAT):
-        assert client.get(url, query).status_code == 200
+    request_list_repeatedly(bearer(admin_token), name, query)
 
     statements = prepared_statements()
     assert statements, "the bearer lookup at least is prepared"
@@ -81,13 +84,8 @@ def test_statements_of_a_filtered_list_are_never_prepared(name, query, marker, a
 @pytest.mark.usefixtures("fresh_session")
 @pytest.mark.parametrize(("name", "query"), [("events", {}), ("tokens", {"page": "1", "ordering": "-expires"})])
 def test_statements_of_an_unfiltered_list_page_are_prepared(name, query, admin_token, bearer):
-    Event.objects.create(action=EventAction.MODEL_UPDATED, app="authentik_core", context={}, expires=timezone.now())
-    url = reverse("event-list") if name == "events" else reverse("token-list")
+    request_list_repeatedly(bearer(admin_token), name, query)
     table = "authentik_events_event" if name == "events" else "authentik_core_token"
-    client = bearer(admin_token)
-
-    for _ in range(REPEAT):
-        assert client.get(url, query).status_code == 200
 
     assert [sql for sql in prepared_statements() if f'FROM "{table}"' in sql and "LIMIT" in sql]
 
