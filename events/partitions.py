@@ -24,13 +24,16 @@ dropped once it is the oldest). Other expired rows are deleted one by one. Every
 only; on SQLite the table is a plain table and these functions do nothing.
 """
 
+import logging
+import random
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 TABLE = "authentik_events_event"
@@ -38,6 +41,8 @@ BEFORE_PARTITION = f"{TABLE}_before"  # FROM (MINVALUE) TO (the first month)
 AFTER_PARTITION = f"{TABLE}_after"  # FROM (the end of the last month) TO (MAXVALUE)
 DEFAULT_PARTITION = f"{TABLE}_default"  # migration 0004's catch-all, replaced by the two above in 0005
 DEFAULT_MONTHS_AHEAD = 3
+
+logger = logging.getLogger(__name__)
 
 
 class PartitionLayoutError(RuntimeError):
@@ -175,10 +180,50 @@ def layout(db: BaseDatabaseWrapper | None = None) -> Layout:
     return Layout(before, months, after)
 
 
+class EventTableBusy(RuntimeError):
+    """The event table's exclusive lock was not granted within ``LOCK_GIVE_UP_SECONDS``; the change that needed
+    it was not made."""
+
+
+# How long one attempt at the event table's exclusive lock may wait, and for how long attempts go on.
+# While the lock request waits, PostgreSQL queues every later read and write of events behind it (set_key's
+# audit event included), so a request that waited for a long-running reader would stall the service for
+# as long as that reader runs. Short attempts, with pauses between them, delay writers by at most
+# LOCK_WAIT_MS each.
+LOCK_WAIT_MS = 100
+LOCK_GIVE_UP_SECONDS = 60.0
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_not_available (lock_timeout expired)
+
+
 def _lock(cursor: Any) -> None:
     """The event table (and so every partition) for this transaction: reads and writes of events wait until
-    it commits. Taken before the partitions are read, so that two runs do not work from the same layout."""
-    cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+    it commits. Taken before the partitions are read, so that two runs do not work from the same layout.
+
+    Each attempt waits at most ``LOCK_WAIT_MS``, in a savepoint that a refused attempt rolls back; attempts
+    are repeated with growing, jittered pauses for up to ``LOCK_GIVE_UP_SECONDS``, then ``EventTableBusy``.
+    The session's own ``lock_timeout`` is restored once the lock is held.
+    """
+    deadline = time.monotonic() + LOCK_GIVE_UP_SECONDS
+    cursor.execute("SELECT current_setting('lock_timeout')")
+    (configured,) = cursor.fetchone()
+    pause = 0.05
+    while True:
+        try:
+            with transaction.atomic(using=cursor.db.alias):
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{LOCK_WAIT_MS}ms"])
+                cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+            break
+        except OperationalError as error:
+            if getattr(error.__cause__, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+        if time.monotonic() + pause > deadline:
+            raise EventTableBusy(
+                f"The event table stayed in use for {LOCK_GIVE_UP_SECONDS:g} s (long-running reads or writes of "
+                "events); this change was not made: run again later."
+            )
+        time.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
+        pause = min(pause * 2, 2.0)
+    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [configured])
 
 
 def copy_statistics(cursor: Any, partition: str) -> None:
@@ -277,7 +322,8 @@ def drop_expired_partitions(*, now: datetime, db: BaseDatabaseWrapper | None = N
     is emptied with ``TRUNCATE`` (its space is freed as by a drop) and stays, so that every timestamp keeps
     a partition; it is dropped once the months before it are. Returns the number of events removed and the
     end of the newest month that lost rows. A partition with one unexpired row is kept whole; retention
-    deletes its expired rows one by one.
+    deletes its expired rows one by one. When the event table's lock is not granted (``_lock``), the months
+    from there on are left for the next run.
     """
     db = db or connection
     dropped, newest = 0, None
@@ -290,7 +336,13 @@ def drop_expired_partitions(*, now: datetime, db: BaseDatabaseWrapper | None = N
                 continue
             cursor.execute(f"SELECT count(*) FROM {partition.name}")  # noqa: S608
             rows = cursor.fetchone()[0]
-            _lock(cursor)
+            try:
+                _lock(cursor)
+            except EventTableBusy:
+                # Long-running reads or writes of events: this month and the later ones are left for the next
+                # run (retention deletes their expired rows one by one meanwhile).
+                logger.warning("Event partition %s not freed whole: the event table stayed in use.", partition.name)
+                break
             current = layout(db)
             if partition not in current.months or _holds_unexpired(cursor, partition.name, now):
                 continue  # changed meanwhile: left for the next run

@@ -5,8 +5,13 @@ MINVALUE, ``..._after`` to MAXVALUE), no default partition, so that the partitio
 """
 
 import io
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -14,12 +19,14 @@ from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
+from events import partitions as partitions_module
 from events.models import Event, EventAction
 from events.partitions import (
     AFTER_PARTITION,
     BEFORE_PARTITION,
     DEFAULT_PARTITION,
     TABLE,
+    EventTableBusy,
     PartitionLayoutError,
     create_month,
     create_months,
@@ -336,3 +343,128 @@ def test_prune_still_deletes_expired_rows_when_the_layout_is_unexpected(db, capl
     assert "Deleted 1 expired events" in output
     assert not Event.objects.filter(pk=expired.pk).exists()
     assert "unexpected partition layout" in caplog.text
+
+
+def other_session() -> Any:
+    """A second PostgreSQL session on the test database, outside the test's transaction."""
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    return psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"] or 5432,
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=False,
+    )
+
+
+@contextmanager
+def event_table_read_by_another_session() -> Iterator[Any]:
+    """Another session holds the event table's read lock, as a long-running event query does."""
+    reader = other_session()
+    try:
+        reader.execute(f"LOCK TABLE {TABLE} IN ACCESS SHARE MODE")
+        yield reader
+    finally:
+        reader.rollback()
+        reader.close()
+
+
+@requires_postgres
+def test_partition_changes_give_up_on_a_busy_event_table_and_change_nothing(db, monkeypatch):
+    monkeypatch.setattr(partitions_module, "LOCK_WAIT_MS", 20)
+    monkeypatch.setattr(partitions_module, "LOCK_GIVE_UP_SECONDS", 0.3)
+    before = partitions()
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        configured = cursor.fetchone()[0]
+    with event_table_read_by_another_session():
+        with pytest.raises(EventTableBusy, match="stayed in use"):
+            create_months(months_ahead(1), months_ahead(6))
+        with pytest.raises(CommandError, match="stayed in use"):
+            command("create_event_partitions", months_ahead=6)
+        assert partitions() == before
+    # The session's own lock timeout is untouched by the refused attempts; and once the reader is gone the
+    # same change goes through, with that timeout back in force for the rest of the transaction.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone()[0] == configured
+    with transaction.atomic():
+        assert partition_name(months_ahead(6)) in create_months(months_ahead(1), months_ahead(6))
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone()[0] == configured
+
+
+@requires_postgres
+def test_writers_of_events_are_not_queued_behind_a_waiting_partition_change(db, monkeypatch):
+    """While a partition change waits for the event table, PostgreSQL queues every later lock request on the
+    table behind it: a set_key's audit event would wait for as long as the oldest reader runs. The change
+    waits in short attempts instead, so a writer arriving meanwhile is served."""
+    monkeypatch.setattr(partitions_module, "LOCK_WAIT_MS", 50)
+    monkeypatch.setattr(partitions_module, "LOCK_GIVE_UP_SECONDS", 30.0)
+    changer_pid = connection.cursor().connection.info.backend_pid
+    outcome: dict[str, Any] = {}
+
+    def writer_then_release(reader: Any) -> None:
+        with other_session() as writer:
+            # Wait until the change has asked for the lock at least once (it is in its attempts).
+            for _ in range(600):
+                row = writer.execute(
+                    "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted AND mode = 'AccessExclusiveLock'",
+                    [changer_pid],
+                ).fetchone()
+                writer.rollback()
+                if row and row[0]:
+                    break
+                time.sleep(0.005)
+            else:
+                outcome["writer"] = "the change never asked for the lock"
+            try:
+                # An event write's lock, in a session that waits no longer than a request may.
+                writer.execute("SET lock_timeout = '2s'")
+                writer.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")
+                outcome.setdefault("writer", "served")
+            except Exception as error:
+                outcome["writer"] = f"refused: {error}"
+            finally:
+                writer.rollback()
+        reader.rollback()  # the long read ends: the change may now go ahead
+
+    with event_table_read_by_another_session() as reader:
+        helper = threading.Thread(target=writer_then_release, args=(reader,))
+        helper.start()
+        try:
+            created = create_months(months_ahead(1), months_ahead(6))
+        finally:
+            helper.join(timeout=60)
+    assert outcome["writer"] == "served"
+    assert partition_name(months_ahead(6)) in created
+
+
+@requires_postgres
+def test_prune_leaves_months_for_the_next_run_when_the_event_table_stays_busy(db, monkeypatch, caplog):
+    now = timezone.now()
+    old_month = month_start(now - timedelta(days=100))
+    create_month(old_month)  # (this test's transaction now holds the table's lock: the refusal is simulated)
+    expired = Event.objects.create(
+        action=EventAction.LOGIN, app="t", created=old_month + timedelta(days=1), expires=now
+    )
+    real_lock = partitions_module._lock
+
+    def busy(cursor: Any) -> None:
+        raise EventTableBusy("The event table stayed in use")
+
+    monkeypatch.setattr(partitions_module, "_lock", busy)
+    output = io.StringIO()
+    call_command("prune_expired", stdout=output)
+    # The month was not dropped, but its expired row was deleted one by one.
+    assert partition_name(old_month) in [p.name for p in partitions()]
+    assert not Event.objects.filter(pk=expired.pk).exists()
+    assert "Deleted 1 expired events" in output.getvalue()
+    assert f"{partition_name(old_month)} not freed whole: the event table stayed in use" in caplog.text
+    # The next run, with the table free, drops the (now empty) month.
+    monkeypatch.setattr(partitions_module, "_lock", real_lock)
+    call_command("prune_expired", stdout=io.StringIO())
+    assert partition_name(old_month) not in [p.name for p in partitions()]

@@ -5,7 +5,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from events.partitions import DEFAULT_MONTHS_AHEAD, PartitionLayoutError, create_months_ahead, is_partitioned
+from events.partitions import (
+    DEFAULT_MONTHS_AHEAD,
+    EventTableBusy,
+    PartitionLayoutError,
+    create_months_ahead,
+    is_partitioned,
+)
 
 
 class Command(BaseCommand):
@@ -32,6 +38,6 @@ class Command(BaseCommand):
             return
         try:
             created = create_months_ahead(months_ahead, now=timezone.now())
-        except PartitionLayoutError as error:
+        except (PartitionLayoutError, EventTableBusy) as error:
             raise CommandError(str(error)) from error
         self.stdout.write(f"Created {len(created)} partitions" + (f": {', '.join(created)}." if created else "."))
