@@ -7,7 +7,9 @@ does). For the service and for the baseline it runs ``bench/profile_request.py``
 ``valgrind --tool=callgrind`` twice, with 100 and with 400 requests after the same warm-up, and prints
 the difference divided by 300: the instructions one request costs in the Python process (the
 interpreter, Django, DRF, the driver's client side), start-up excluded. PostgreSQL's work is not counted.
-``--log`` keeps the access log line (``LOG_LEVEL=INFO``, written to a scratch file), as in production.
+``--log`` keeps the access log line (``LOG_LEVEL=INFO``, written to a scratch file), as in production;
+``--service-env NAME=VALUE`` (repeatable) adds to the service's environment, e.g. ``REDIS_URL`` for the
+throttle counters in Redis, as deployed.
 Needs valgrind (Debian package ``valgrind``); about 3 minutes.
 """
 
@@ -45,6 +47,8 @@ def _loop(args: argparse.Namespace, count: int, baseline: bool, out: Path) -> in
         "HOME": os.environ.get("HOME", "/"),
         "PYTHONHASHSEED": "0",
         "LOG_LEVEL": "INFO" if args.log else "WARNING",
+        # Extra environment for the service only (e.g. REDIS_URL=redis://127.0.0.1:6379/5, as deployed).
+        **({} if baseline else dict(item.split("=", 1) for item in args.service_env)),
     }
     with open(out, "w") as log:
         subprocess.run(
@@ -65,6 +69,9 @@ def main() -> None:
     parser.add_argument("--endpoint", default="set_key", choices=["set_key", "view_key", "list"])
     parser.add_argument("--caller", default="root", choices=["root", "global", "object"])
     parser.add_argument("--log", action="store_true", help="keep the access log line (LOG_LEVEL=INFO)")
+    parser.add_argument(
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment, service only"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         for name, baseline in (("service", False), ("baseline", True)):

@@ -273,7 +273,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 CACHES = {
     "default": (
         {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's Redis backend, sharing one client per connection pool (tokens_service.cache).
+            "BACKEND": "tokens_service.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "tokens-service"),
             # A slow or absent Redis costs a request at most this long; the throttles then fail open.

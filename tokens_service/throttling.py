@@ -117,15 +117,20 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         if self.duration is None:
             return
         current_key = f"{key}:{int(self.timer() // self.duration)}"
-        # The counter must outlive the next window, which reads it as "previous"; it is only ever
-        # incremented during its own window, so it cannot expire between Redis' EXISTS and INCR.
+        # The counter must outlive the next window, which reads it as "previous": ``timeout`` after its last
+        # count does. It is only ever counted during its own window, so it cannot expire between the EXISTS
+        # and INCR of Django's ``incr`` either.
         timeout = 2 * self.duration + 1
         try:
-            try:
-                self.cache.incr(current_key)
-            except ValueError:  # no counter yet in this window
-                if not self.cache.add(current_key, 1, timeout=timeout):
-                    self.cache.incr(current_key)  # another worker created it in between
+            counter = getattr(self.cache, "incr_expiring", None)  # Redis (tokens_service.cache): one round trip
+            if counter is not None:
+                counter(current_key, timeout)
+            else:
+                try:
+                    self.cache.incr(current_key)
+                except ValueError:  # no counter yet in this window
+                    if not self.cache.add(current_key, 1, timeout=timeout):
+                        self.cache.incr(current_key)  # another worker created it in between
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
             logger.warning("throttle cache unavailable, request not counted (%s)", type(exc).__name__)
         else:

@@ -316,8 +316,11 @@ def test_throttles_add_no_database_query_to_a_successful_set_key(admin_token: To
     assert counts["on"] == counts["off"]
 
 
-def test_an_unreachable_cache_fails_open(admin_token: Token, target: Token, caplog: pytest.LogCaptureFixture) -> None:
-    dead = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}}
+@pytest.mark.parametrize("backend", ["tokens_service.cache.RedisCache", "django.core.cache.backends.redis.RedisCache"])
+def test_an_unreachable_cache_fails_open(
+    backend: str, admin_token: Token, target: Token, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = {"default": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:1/0"}}
     with (
         override_settings(CACHES=dead),
         rates(auth_failures="1/min", set_key="1/min"),
@@ -417,3 +420,93 @@ def test_live_set_key_throttle_is_per_caller(redis_server: Any, admin_token: Tok
     statuses = [raw_set_key(redis_server, "target", b"Bearer " + admin_token.key.encode()).status for _ in range(5)]
     assert statuses == [204, 204, 204, 429, 429]
     assert Event.objects.filter(action="model_updated").count() == 3
+
+
+# --- the Redis cache backend (tokens_service.cache) ----------------------------------------------------------
+
+
+class ProbeThrottle(SlidingWindowThrottle):
+    scope = "probe"
+
+    def get_rate(self) -> str | None:
+        return "5/min"
+
+
+@pytest.fixture
+def redis_cache() -> Iterator[Any]:
+    """The service's Redis cache backend on the local Redis, under a key prefix of its own."""
+    import redis
+
+    from tokens_service.cache import RedisCache
+
+    prefix = f"tokens-service-test-{uuid.uuid4().hex}"
+    yield RedisCache(REDIS_URL, {"KEY_PREFIX": prefix})
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+@requires_redis
+def test_the_redis_cache_shares_one_client_between_calls_and_threads(
+    redis_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import redis
+
+    built = []
+    real_init = redis.Redis.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting_init)
+    redis_cache.set("a", 1)
+    for count in range(1, 6):
+        assert redis_cache.get_many(["a", "b"]) == {"a": count}
+        redis_cache.incr("a")
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(redis_cache._cache.get_client())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1  # Django's own client class builds one per call: 11 here
+    assert all(client is built[0] for client in seen)
+    assert redis_cache.get("a") == 6
+
+
+@requires_redis
+def test_a_throttle_count_in_redis_is_one_round_trip_and_keeps_a_lifetime(
+    redis_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    throttle = ProbeThrottle()
+    throttle.cache = redis_cache
+    redis_cache.get("warm-up")  # the connection's opening handshake is not the count's
+    sent = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        real_send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+    throttle.hit("probe-key")
+    assert len(sent) == 1  # one EVAL (Django's incr and add: EXISTS, INCRBY or SET)
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", real_send)
+    counted = throttle._counted
+    assert counted is not None
+    assert redis_cache.get(counted) == 1
+    client = redis_cache._cache.get_client()
+    lifetime = client.ttl(redis_cache.make_key(counted))
+    assert 0 < lifetime <= 2 * 60 + 1
+    # The sliding window over Redis: at the rate's limit the next request is refused, a refund frees it.
+    for _ in range(4):
+        throttle.hit("probe-key")
+    assert redis_cache.get(counted) == 5
+    assert throttle.exceeded("probe-key")
+    throttle.refund()
+    assert not throttle.exceeded("probe-key")
