@@ -120,6 +120,13 @@ class TokenViewSet(ModelViewSet):
         self.throttles = super().get_throttles()
         return self.throttles
 
+    def check_throttles(self, request: Request) -> None:
+        if self.action == "set_key":
+            # The collision limit, checked by set_key before it reads the body, is read together with the
+            # set_key rate: one cache read (a Redis round trip) instead of two.
+            KeyCollisionThrottle().read_ahead(request)
+        super().check_throttles(request)
+
     def refund_throttles(self) -> None:
         """Uncount this request from the per-caller limits: callers refused the permission are not counted."""
         for throttle in getattr(self, "throttles", ()):

@@ -2,7 +2,7 @@
 
 ``django.core.cache.backends.redis.RedisCacheClient.get_client`` builds a new ``redis.Redis`` for every
 cache operation, and building one copies redis-py's table of about 170 response callbacks, which costs
-more CPU than sending the command. A set_key's throttles make four cache calls: with Django's client they
+more CPU than sending the command. A set_key's throttles made four cache calls: with Django's client they
 cost about 0.9 ms of CPU per set_key, with this one about 0.45 ms (README, "Abuse limits"). A
 ``redis.Redis`` may be shared by threads: it takes a connection from its pool for each command and gives it
 back afterwards, and after a fork the pool notices the new process and opens connections of its own.

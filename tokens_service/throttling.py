@@ -88,20 +88,32 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         key = self.get_cache_key(request, view)
         if key is None or self.rate is None:
             return True
-        if self.exceeded(key):
+        if self.exceeded(key, request=request):
             return False
         self.hit(key)
         return True
 
-    def exceeded(self, *keys: str) -> bool:
-        """Whether any of ``keys`` has used up its rate; if so, ``wait()`` says for how long. One cache read."""
+    def window_names(self, *keys: str) -> list[str]:
+        """The counters ``exceeded`` reads for ``keys`` now: each key's previous and current window."""
+        if self.num_requests is None or self.duration is None:
+            return []
+        window = int(self.timer() // self.duration)
+        return [name for key in keys for name in (f"{key}:{window - 1}", f"{key}:{window}")]
+
+    def exceeded(self, *keys: str, request: Any = None) -> bool:
+        """Whether any of ``keys`` has used up its rate; if so, ``wait()`` says for how long. One cache read.
+
+        With ``request``, the read also fetches the counters named in ``request.throttle_read_ahead`` and
+        remembers what it read on the request, so a later check of those counters in the same request
+        reads nothing (``read_counters``).
+        """
         limit, duration = self.num_requests, self.duration
         if limit is None or duration is None:
             return False
         window, elapsed = divmod(self.timer(), duration)
         windows = [(f"{key}:{int(window) - 1}", f"{key}:{int(window)}") for key in keys]
         try:
-            counts = self.cache.get_many([name for pair in windows for name in pair])
+            counts = self.read_counters([name for pair in windows for name in pair], request)
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
             logger.warning("throttle cache unavailable, allowing the request (%s)", type(exc).__name__)
             return False
@@ -111,6 +123,20 @@ class SlidingWindowThrottle(SimpleRateThrottle):
                 self._wait = seconds_until_allowed(previous, current, elapsed, limit, duration)
                 return True
         return False
+
+    def read_counters(self, names: list[str], request: Any = None) -> dict[str, Any]:
+        """The counters ``names`` (absent ones left out), in one cache read, or none when ``request`` already
+        holds all of them from an earlier read of this request (as they were then: this request's own
+        counts since are not in them). That read also fetched ``request.throttle_read_ahead``."""
+        held: dict[str, Any] | None = getattr(request, "throttle_counters", None)
+        if held is not None and all(name in held for name in names):
+            return held
+        wanted = list(dict.fromkeys([*names, *getattr(request, "throttle_read_ahead", [])]))
+        counts = self.cache.get_many(wanted)
+        if request is not None:
+            # Absent counters are remembered as 0, so that they are not asked for again.
+            request.throttle_counters = {**(held or {}), **dict.fromkeys(wanted, 0), **counts}
+        return counts
 
     def hit(self, key: str) -> None:
         """Count one request against ``key`` in the current window."""
@@ -242,8 +268,14 @@ class KeyCollisionThrottle(SlidingWindowThrottle):
 
     def check(self, request: Any) -> None:
         """Raise ``Throttled`` (429 with Retry-After) when this caller or this address collided too often."""
-        if self.rate is not None and self.exceeded(*self._keys(request)):
+        if self.rate is not None and self.exceeded(*self._keys(request), request=request):
             raise Throttled(wait=self.wait())
+
+    def read_ahead(self, request: Any) -> None:
+        """Have the request's next counter read (``set_key``'s rate, in ``check_throttles``) fetch this
+        throttle's counters too, so that ``check`` finds them there: one cache read less per request."""
+        if self.rate is not None:
+            request.throttle_read_ahead = self.window_names(*self._keys(request))
 
     def record(self, request: Any) -> None:
         if self.rate is not None:

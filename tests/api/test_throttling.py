@@ -510,3 +510,34 @@ def test_a_throttle_count_in_redis_is_one_round_trip_and_keeps_a_lifetime(
     assert throttle.exceeded("probe-key")
     throttle.refund()
     assert not throttle.exceeded("probe-key")
+
+
+@requires_redis
+def test_a_set_key_sends_redis_three_commands(
+    admin_token: Token, target: Token, redis_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    import redis
+
+    backend = {
+        "BACKEND": "tokens_service.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": redis_cache.key_prefix,
+    }
+    sent: list[bytes] = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        real_send(self, command, check_health)
+
+    root = with_header(f"Bearer {admin_token.key}")
+    with override_settings(CACHES={"default": backend}):
+        assert set_key(root, target.identifier).status_code == 204  # opens the connection (its handshake)
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+        assert set_key(root, target.identifier).status_code == 204
+    names = [re.match(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n", command)[1].upper() for command in sent]  # type: ignore[index]
+    # The failure limit before the lookup; the set_key rate read with the collision limit's counters; the count.
+    assert names == [b"MGET", b"MGET", b"EVAL"]
+    assert sent[1].count(b"key_collisions") == 4  # the caller's and the address's, two windows each
