@@ -17,6 +17,7 @@ from core.models import Token
 from events.models import EventAction
 from events.services import event_create, model_summary
 from tokens_service.request_meta import RequestMeta
+from tokens_service.throttling import CachePause
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +124,14 @@ def report_suspicious_use(*, token: Token, reason: str, request_meta: RequestMet
     Returns whether an event was written.
     """
     marker = f"suspicious:{token.pk.hex}:{reason}"
-    try:
-        first = cache.add(marker, 1, timeout=int(SUSPICIOUS_EVENT_INTERVAL.total_seconds()))
-    except Exception as exc:  # noqa: BLE001 - any cache failure: audit rather than stay silent
-        logger.warning("suspicious-request throttle cache unavailable (%s)", type(exc).__name__)
+    if CachePause.active():  # the cache failed lately (tokens_service.throttling): not asked meanwhile
         first = True
+    else:
+        try:
+            first = cache.add(marker, 1, timeout=int(SUSPICIOUS_EVENT_INTERVAL.total_seconds()))
+        except Exception as exc:  # noqa: BLE001 - any cache failure: audit rather than stay silent
+            CachePause.start(exc, "suspicious-request event written unthrottled")
+            first = True
     if not first:
         return False
     # In autocommit mode the INSERT commits on its own, before the 403 is answered.

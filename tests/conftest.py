@@ -35,6 +35,14 @@ def _fresh_throttle_counters() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _throttle_cache_not_paused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits another's pause of the throttle cache (``tokens_service.throttling.CachePause``)."""
+    from tokens_service.throttling import CachePause
+
+    monkeypatch.setattr(CachePause, "until", 0.0)
+
+
+@pytest.fixture(autouse=True)
 def _throttle_clock_in_one_window(monkeypatch: pytest.MonkeyPatch) -> None:
     """The abuse limits' clock (in this process) stands still in the middle of a one-minute window.
 

@@ -9,6 +9,7 @@ import functools
 import ipaddress
 import logging
 import math
+import time
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -39,6 +40,32 @@ def seconds_until_allowed(previous: int, current: int, elapsed: float, limit: in
     return float(max(math.floor(until) + 1, 1))
 
 
+# After a cache failure, the throttles of this process leave the cache alone for this long and fail open at
+# once. A Redis that hangs (rather than refusing connections) would otherwise cost every request its 0.5 s
+# timeout once per counter it reads or writes (three on a set_key).
+CACHE_PAUSE_SECONDS = 5.0
+
+
+class CachePause:
+    """Process-wide: until when (``time.monotonic()``) the throttles leave their cache alone."""
+
+    until = 0.0
+
+    @classmethod
+    def active(cls) -> bool:
+        return time.monotonic() < cls.until
+
+    @classmethod
+    def start(cls, exc: Exception, consequence: str) -> None:
+        cls.until = time.monotonic() + CACHE_PAUSE_SECONDS
+        logger.warning(
+            "throttle cache unavailable, %s; not asked again for %g s (%s)",
+            consequence,
+            CACHE_PAUSE_SECONDS,
+            type(exc).__name__,
+        )
+
+
 @functools.lru_cache(maxsize=4096)
 def client_network(ip: str | None) -> str:
     """What one client controls: its IPv4 address, or the /64 of its IPv6 address.
@@ -64,7 +91,8 @@ class SlidingWindowThrottle(SimpleRateThrottle):
 
     Rates are read from ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` on every request (a rate of
     ``None`` switches the throttle off). A cache that cannot be reached fails open: the request is
-    allowed and a warning logged, because an outage of the counters must not take authentication down.
+    allowed and a warning logged, because an outage of the counters must not take authentication down;
+    then the throttles of this process leave the cache alone for ``CACHE_PAUSE_SECONDS`` (``CachePause``).
     """
 
     cache_format = "throttle:%(scope)s:%(ident)s"
@@ -110,12 +138,14 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         limit, duration = self.num_requests, self.duration
         if limit is None or duration is None:
             return False
+        if CachePause.active():
+            return False
         window, elapsed = divmod(self.timer(), duration)
         windows = [(f"{key}:{int(window) - 1}", f"{key}:{int(window)}") for key in keys]
         try:
             counts = self.read_counters([name for pair in windows for name in pair], request)
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
-            logger.warning("throttle cache unavailable, allowing the request (%s)", type(exc).__name__)
+            CachePause.start(exc, "allowing the request")
             return False
         for previous_key, current_key in windows:
             previous, current = int(counts.get(previous_key, 0)), int(counts.get(current_key, 0))
@@ -140,7 +170,7 @@ class SlidingWindowThrottle(SimpleRateThrottle):
 
     def hit(self, key: str) -> None:
         """Count one request against ``key`` in the current window."""
-        if self.duration is None:
+        if self.duration is None or CachePause.active():
             return
         current_key = f"{key}:{int(self.timer() // self.duration)}"
         # The counter must outlive the next window, which reads it as "previous": ``timeout`` after its last
@@ -158,7 +188,7 @@ class SlidingWindowThrottle(SimpleRateThrottle):
                     if not self.cache.add(current_key, 1, timeout=timeout):
                         self.cache.incr(current_key)  # another worker created it in between
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
-            logger.warning("throttle cache unavailable, request not counted (%s)", type(exc).__name__)
+            CachePause.start(exc, "request not counted")
         else:
             self._counted = current_key
 
@@ -169,14 +199,14 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         requests are never lost; a counter that has expired meanwhile is left alone.
         """
         counted, self._counted = self._counted, None
-        if counted is None:
+        if counted is None or CachePause.active():
             return
         try:
             self.cache.decr(counted)
         except ValueError:  # the counter expired
             pass
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
-            logger.warning("throttle cache unavailable, count not taken back (%s)", type(exc).__name__)
+            CachePause.start(exc, "count not taken back")
 
     def wait(self) -> float | None:
         return self._wait

@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -541,3 +541,58 @@ def test_a_set_key_sends_redis_three_commands(
     # The failure limit before the lookup; the set_key rate read with the collision limit's counters; the count.
     assert names == [b"MGET", b"MGET", b"EVAL"]
     assert sent[1].count(b"key_collisions") == 4  # the caller's and the address's, two windows each
+
+
+@pytest.fixture
+def hung_redis() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A server that accepts connections and never answers, as a hung Redis (or a host behind a black hole)."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0", accepted
+    stop.set()
+    thread.join()
+    for connection_ in [*accepted, server]:
+        connection_.close()
+
+
+def test_a_hung_cache_costs_one_timeout_then_is_left_alone_for_a_while(
+    admin_token: Token,
+    target: Token,
+    hung_redis: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from tokens_service.throttling import CachePause
+
+    url, accepted = hung_redis
+    options = {"socket_connect_timeout": 0.5, "socket_timeout": 0.2}
+    hung = {"default": {"BACKEND": "tokens_service.cache.RedisCache", "LOCATION": url, "OPTIONS": options}}
+    root = with_header(f"Bearer {admin_token.key}")
+    with override_settings(CACHES=hung), caplog.at_level(logging.WARNING):
+        statuses = [set_key(root, target.identifier).status_code for _ in range(4)]
+        statuses.append(set_key(with_header("Bearer wrong-key-value"), target.identifier).status_code)
+        time.sleep(0.1)  # let the fake server's accepting thread catch up
+        # One connection, whose first read timed out; the other requests (3 counters each) asked nothing.
+        assert len(accepted) == 1
+        assert statuses == [204, 204, 204, 204, 403]
+        assert caplog.text.count("throttle cache unavailable") == 1
+        assert "not asked again for 5 s" in caplog.text
+        # Once the pause is over, the cache is asked again (and paused again, being still hung).
+        monkeypatch.setattr(CachePause, "until", time.monotonic() - 1)
+        assert set_key(root, target.identifier).status_code == 204
+        time.sleep(0.1)
+        assert len(accepted) == 2

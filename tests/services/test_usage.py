@@ -271,6 +271,21 @@ def test_violations_write_at_most_one_event_per_minute(bearer, make_token, super
     assert Event.objects.filter(action=EventAction.SUSPICIOUS_REQUEST).count() == 1
 
 
+def test_without_its_cache_every_violation_is_audited_and_the_cache_is_paused(bearer, make_token, superuser, caplog):
+    from tokens_service.throttling import CachePause
+
+    token = make_token(superuser, allowed_ips=["2001:db8::/32"])
+    client = bearer(token)
+    dead = {"default": {"BACKEND": "tokens_service.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}}
+    with override_settings(CACHES=dead), caplog.at_level("WARNING"):
+        for _ in range(3):
+            assert client.get(list_url(), REMOTE_ADDR="203.0.113.1").status_code == 403
+    # Audited rather than silent; the failed cache was asked once, then left alone (CachePause).
+    assert Event.objects.filter(action=EventAction.SUSPICIOUS_REQUEST).count() == 3
+    assert CachePause.active()
+    assert caplog.text.count("throttle cache unavailable") == 1
+
+
 @override_settings(TRUSTED_PROXY_CIDRS=[__import__("ipaddress").ip_network("10.0.0.0/8")])
 def test_allowlist_uses_the_client_address_behind_trusted_proxies(bearer, make_token, superuser):
     token = make_token(superuser, allowed_ips=["2001:db8::/32"])
