@@ -121,11 +121,12 @@ class SlidingWindowThrottle(SimpleRateThrottle):
         self.hit(key)
         return True
 
-    def window_names(self, *keys: str) -> list[str]:
-        """The counters ``exceeded`` reads for ``keys`` now: each key's previous and current window."""
+    def window_names(self, *keys: str, now: float | None = None) -> list[str]:
+        """The counters ``exceeded`` reads for ``keys`` at ``now`` (default: the throttle's clock), each key's
+        previous and current window in turn."""
         if self.num_requests is None or self.duration is None:
             return []
-        window = int(self.timer() // self.duration)
+        window = int((self.timer() if now is None else now) // self.duration)
         return [name for key in keys for name in (f"{key}:{window - 1}", f"{key}:{window}")]
 
     def exceeded(self, *keys: str, request: Any = None) -> bool:
@@ -140,14 +141,15 @@ class SlidingWindowThrottle(SimpleRateThrottle):
             return False
         if CachePause.active():
             return False
-        window, elapsed = divmod(self.timer(), duration)
-        windows = [(f"{key}:{int(window) - 1}", f"{key}:{int(window)}") for key in keys]
+        now = self.timer()
+        elapsed = now % duration
+        names = self.window_names(*keys, now=now)
         try:
-            counts = self.read_counters([name for pair in windows for name in pair], request)
+            counts = self.read_counters(names, request)
         except Exception as exc:  # noqa: BLE001 - any cache failure: fail open (class docstring)
             CachePause.start(exc, "allowing the request")
             return False
-        for previous_key, current_key in windows:
+        for previous_key, current_key in zip(names[::2], names[1::2], strict=True):
             previous, current = int(counts.get(previous_key, 0)), int(counts.get(current_key, 0))
             if previous * (1 - elapsed / duration) + current >= limit:
                 self._wait = seconds_until_allowed(previous, current, elapsed, limit, duration)
@@ -170,13 +172,14 @@ class SlidingWindowThrottle(SimpleRateThrottle):
 
     def hit(self, key: str) -> None:
         """Count one request against ``key`` in the current window."""
-        if self.duration is None or CachePause.active():
+        names, duration = self.window_names(key), self.duration
+        if not names or duration is None or CachePause.active():
             return
-        current_key = f"{key}:{int(self.timer() // self.duration)}"
+        current_key = names[1]
         # The counter must outlive the next window, which reads it as "previous": ``timeout`` after its last
         # count does. It is only ever counted during its own window, so it cannot expire between the EXISTS
         # and INCR of Django's ``incr`` either.
-        timeout = 2 * self.duration + 1
+        timeout = 2 * duration + 1
         try:
             counter = getattr(self.cache, "incr_expiring", None)  # Redis (tokens_service.cache): one round trip
             if counter is not None:
