@@ -187,8 +187,8 @@ class EventTableBusy(RuntimeError):
 
 # How long one attempt at the event table's exclusive lock may wait, and for how long attempts go on.
 # While the lock request waits, PostgreSQL queues every later read and write of events behind it (set_key's
-# audit event included), so a request that waited for a long-running reader would stall the service for
-# as long as that reader runs. Short attempts, with pauses between them, delay writers by at most
+# audit event included), so a lock request that waited for a long-running reader would stall the service
+# for as long as that reader runs. Short attempts, with pauses between them, delay writers by at most
 # LOCK_WAIT_MS each.
 LOCK_WAIT_MS = 100
 LOCK_GIVE_UP_SECONDS = 60.0
