@@ -120,11 +120,14 @@ class TokenViewSet(ModelViewSet):
         self.throttles = super().get_throttles()
         return self.throttles
 
+    collisions: KeyCollisionThrottle  # set_key's, made in check_throttles
+
     def check_throttles(self, request: Request) -> None:
         if self.action == "set_key":
             # The collision limit, checked by set_key before it reads the body, is read together with the
-            # set_key rate: one cache read (a Redis round trip) instead of two.
-            KeyCollisionThrottle().read_ahead(request)
+            # set_key rate: one cache read (a Redis round trip) instead of two. set_key uses this throttle.
+            self.collisions = KeyCollisionThrottle()
+            self.collisions.read_ahead(request)
         super().check_throttles(request)
 
     def refund_throttles(self) -> None:
@@ -276,7 +279,7 @@ class TokenViewSet(ModelViewSet):
     def set_key(self, request: Request, identifier: str) -> Response:
         """Set token key. Action is logged as event. `authentik_core.set_token_key` permission
         is required."""
-        collisions = KeyCollisionThrottle()
+        collisions = self.collisions  # made by check_throttles, which DRF runs before every action
         collisions.check(request)
         # The body is read and validated before the service takes the row lock (a slow body holds no
         # lock), and the permission is decided by the service on the locked row, after the body.
