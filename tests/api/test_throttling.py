@@ -440,7 +440,9 @@ def redis_cache() -> Iterator[Any]:
     from tokens_service.cache import RedisCache
 
     prefix = f"tokens-service-test-{uuid.uuid4().hex}"
-    yield RedisCache(REDIS_URL, {"KEY_PREFIX": prefix})
+    # A pool option of its own (the connections' name), so that this cache's client is not one that an earlier
+    # test made: the process keeps one client per server and pool options (tokens_service.cache).
+    yield RedisCache(REDIS_URL, {"KEY_PREFIX": prefix, "OPTIONS": {"client_name": prefix}})
     client = redis.Redis.from_url(REDIS_URL)
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
@@ -475,6 +477,55 @@ def test_the_redis_cache_shares_one_client_between_calls_and_threads(
     assert len(built) == 1  # Django's own client class builds one per call: 11 here
     assert all(client is built[0] for client in seen)
     assert redis_cache.get("a") == 6
+
+
+@requires_redis
+def test_the_threads_of_a_process_share_one_redis_client_and_its_connections() -> None:
+    """Django makes a cache object (and, in its backend, a connection pool) for every thread; here every thread's
+    cache uses the process's one client, so threads that use the cache in turn open one connection between them
+    (Django's backend opens one per thread: 6 here, kept while the threads live)."""
+    import threading
+
+    import redis
+    from django.core.cache import caches
+
+    name = f"tokens-service-test-{uuid.uuid4().hex}"
+    config = {
+        "default": {
+            "BACKEND": "tokens_service.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": name,
+            "OPTIONS": {"client_name": name},  # names the connections, to count them on the server
+        }
+    }
+    turn = threading.Lock()
+    used = threading.Barrier(7)
+    seen: list[tuple[Any, Any]] = []
+
+    def use_the_cache() -> None:
+        cache = caches["default"]
+        with turn:
+            cache.get_many(["a", "b"])
+            cache.incr_expiring("a", 5)
+            seen.append((cache, cache._cache.get_client()))
+        used.wait(timeout=10)
+
+    admin = redis.Redis.from_url(REDIS_URL)
+    with override_settings(CACHES=config):
+        threads = [threading.Thread(target=use_the_cache) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        used.wait(timeout=10)  # every thread has used its cache and is still alive
+        connections = [client for client in admin.client_list() if client.get("name") == name]
+        for thread in threads:
+            thread.join()
+    count = admin.get(f"{name}:1:a")
+    for key in admin.scan_iter(f"{name}*"):
+        admin.delete(key)
+    assert len({id(cache) for cache, _ in seen}) == 6  # a cache object per thread, as Django makes them
+    assert len({id(client) for _, client in seen}) == 1
+    assert len(connections) == 1
+    assert count == b"6"  # every thread's count landed on the one counter
 
 
 @requires_redis
