@@ -7,11 +7,11 @@ more CPU than sending the command. A set_key's throttles made four cache calls: 
 cost about 0.9 ms of CPU per set_key, with this one about 0.45 ms (README, "Abuse limits").
 
 Django also gives each thread a cache object of its own, and each of its clients a pool of its own, so a
-gunicorn worker with 64 threads kept up to 64 idle Redis connections. Here every cache object of a process
-uses the same client for the same server and pool options (``SharedClientRedisCacheClient``): a
-``redis.Redis`` takes a connection from its thread-safe pool for each command and gives it back afterwards,
-so a worker holds as many connections as it has commands in flight at once; after a fork the pool notices
-the new process and opens connections of its own. Everything else is Django's backend unchanged.
+gunicorn worker with the default 64 threads kept up to 64 idle Redis connections. Here every cache object
+of a process uses the same client for the same server and pool options (``SharedClientRedisCacheClient``):
+a ``redis.Redis`` takes a connection from its thread-safe pool for each command and gives it back
+afterwards, so a worker holds as many connections as it has commands in flight at once; after a fork the
+pool notices the new process and opens connections of its own. Everything else is Django's backend unchanged.
 """
 
 import threading
